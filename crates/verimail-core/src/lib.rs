@@ -1,0 +1,17 @@
+//! Domain types shared by the intake and the worker: the request rules of
+//! SPEC §2, the CBC error table, the dispatch state machine, the queue
+//! message, code secrets, and the broker/database plumbing both sides use.
+
+pub mod amqp;
+pub mod code;
+pub mod db;
+pub mod error_code;
+pub mod message;
+pub mod request;
+pub mod secrets;
+pub mod status;
+
+pub use error_code::ErrorCode;
+pub use message::DispatchMessage;
+pub use request::{CheckRequest, CodeTtl, Email, Lang, SendRequest};
+pub use status::DispatchStatus;

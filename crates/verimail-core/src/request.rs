@@ -1,0 +1,238 @@
+//! Parsing of request bodies at the edge (SPEC §2). Every field rule lives
+//! here once; handlers only ever see the parsed types.
+
+use serde_json::{Map, Value};
+
+use crate::ErrorCode;
+
+/// A rejected request: which CBC code answers it and why (the reason is
+/// shown to the client, so it never contains the offending value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+impl Rejection {
+    fn param(reason: impl Into<String>) -> Self {
+        Self { code: ErrorCode::ParameterError, reason: reason.into() }
+    }
+    fn email(reason: impl Into<String>) -> Self {
+        Self { code: ErrorCode::InvalidEmail, reason: reason.into() }
+    }
+}
+
+/// A recipient mailbox, trimmed, at most 64 characters, RFC 5322 addr-spec
+/// with a dotted domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub const MAX_CHARS: usize = 64;
+
+    /// Parses the `email` field: `None` means absent or `null`.
+    pub fn parse_field(value: Option<&Value>) -> Result<Self, Rejection> {
+        match value {
+            None | Some(Value::Null) => Err(Rejection::email("email is required")),
+            Some(Value::String(s)) => Self::parse(s),
+            Some(_) => Err(Rejection::param("email must be a string")),
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, Rejection> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(Rejection::email("email is required"));
+        }
+        if raw.chars().count() > Self::MAX_CHARS {
+            return Err(Rejection::param("email must be at most 64 characters"));
+        }
+        if !is_valid_mailbox(trimmed) {
+            return Err(Rejection::email("email is not a valid address"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// The address to deliver to, as the client wrote it (trimmed).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key the rate limit and supersession are counted by.
+    pub fn normalised(&self) -> String {
+        self.0.to_lowercase()
+    }
+
+    /// For logs: keeps the domain, hides the mailbox.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+/// Hides the local part of an address for logs (`a***@example.com`).
+pub fn redact(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first = local.chars().next().unwrap_or('*');
+            format!("{first}***@{domain}")
+        }
+        None => "***".to_owned(),
+    }
+}
+
+fn is_valid_mailbox(s: &str) -> bool {
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    // RFC 5322 addr-spec syntax (quoted local parts, no display names).
+    let Ok(parsed) = s.parse::<email_address::EmailAddress>() else {
+        return false;
+    };
+    if parsed.as_str() != s {
+        return false;
+    }
+    let domain = parsed.domain();
+    // A deliverable registration address: a dotted host name, not a literal.
+    domain.contains('.')
+        && !domain.starts_with('[')
+        && domain.split('.').all(|label| !label.is_empty())
+}
+
+/// The language of the mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lang {
+    ZhCn,
+    EnUs,
+}
+
+impl Lang {
+    pub const MAX_CHARS: usize = 16;
+
+    pub fn parse_field(value: Option<&Value>) -> Result<Self, Rejection> {
+        match value {
+            None | Some(Value::Null) => Ok(Self::ZhCn),
+            Some(Value::String(s)) if s.is_empty() => Ok(Self::ZhCn),
+            Some(Value::String(s)) => {
+                if s.chars().count() > Self::MAX_CHARS {
+                    return Err(Rejection::param("lang must be at most 16 characters"));
+                }
+                Self::from_tag(s).ok_or_else(|| Rejection::param("lang must be zh-cn or en-us"))
+            }
+            Some(_) => Err(Rejection::param("lang must be a string")),
+        }
+    }
+
+    /// Case-insensitive tag lookup (`EN-US` is `en-us`).
+    pub fn from_tag(tag: &str) -> Option<Self> {
+        if tag.eq_ignore_ascii_case("zh-cn") {
+            Some(Self::ZhCn)
+        } else if tag.eq_ignore_ascii_case("en-us") {
+            Some(Self::EnUs)
+        } else {
+            None
+        }
+    }
+
+    /// The stored, lower-case tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ZhCn => "zh-cn",
+            Self::EnUs => "en-us",
+        }
+    }
+
+    /// The BCP 47 spelling for `Content-Language`.
+    pub fn content_language(self) -> &'static str {
+        match self {
+            Self::ZhCn => "zh-CN",
+            Self::EnUs => "en-US",
+        }
+    }
+}
+
+/// How long a code stays valid, after the seed's normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeTtl(u32);
+
+impl CodeTtl {
+    pub const DEFAULT_MINUTES: u32 = 10;
+    /// The seed fixes any timeout over an hour to 5 minutes.
+    pub const CAPPED_MINUTES: u32 = 5;
+
+    pub fn parse_field(value: Option<&Value>) -> Result<Self, Rejection> {
+        let minutes = match value {
+            None | Some(Value::Null) => return Ok(Self(Self::DEFAULT_MINUTES)),
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(_) => None,
+        };
+        match minutes {
+            Some(m @ 1..=60) => Ok(Self(m as u32)),
+            Some(61..=3000) => Ok(Self(Self::CAPPED_MINUTES)),
+            _ => Err(Rejection::param("timeout must be an integer from 1 to 3000")),
+        }
+    }
+
+    pub fn from_minutes(minutes: u32) -> Self {
+        Self(minutes)
+    }
+
+    pub fn minutes(self) -> u32 {
+        self.0
+    }
+}
+
+fn parse_receiver_type(value: Option<&Value>) -> Result<(), Rejection> {
+    match value.and_then(Value::as_u64) {
+        Some(2) => Ok(()),
+        _ => Err(Rejection::param("receiver_type must be 2 (email)")),
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Rejection::param("the body must be a JSON object")),
+        Err(_) => Err(Rejection::param("the body is not valid JSON")),
+    }
+}
+
+/// A valid `send` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    pub email: Email,
+    pub ttl: CodeTtl,
+    pub lang: Lang,
+}
+
+impl SendRequest {
+    /// Parses a JSON body. Fields are checked in the seed's order, so the
+    /// first broken rule is the one reported; unknown fields are ignored.
+    pub fn parse(body: &[u8]) -> Result<Self, Rejection> {
+        let map = parse_object(body)?;
+        parse_receiver_type(map.get("receiver_type"))?;
+        let ttl = CodeTtl::parse_field(map.get("timeout"))?;
+        let email = Email::parse_field(map.get("email"))?;
+        let lang = Lang::parse_field(map.get("lang"))?;
+        Ok(Self { email, ttl, lang })
+    }
+}
+
+/// A valid `check` request (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    pub email: Email,
+    pub code: String,
+}
+
+impl CheckRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, Rejection> {
+        let map = parse_object(body)?;
+        let email = Email::parse_field(map.get("email"))?;
+        let code = match map.get("verification_code") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 16 => s.clone(),
+            _ => return Err(Rejection::param("verification_code must be a non-empty string")),
+        };
+        Ok(Self { email, code })
+    }
+}
