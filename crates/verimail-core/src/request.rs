@@ -236,3 +236,131 @@ impl CheckRequest {
         Ok(Self { email, code })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const P: Option<ErrorCode> = Some(ErrorCode::ParameterError);
+    const E: Option<ErrorCode> = Some(ErrorCode::InvalidEmail);
+
+    fn body(overrides: Value) -> Vec<u8> {
+        let mut base = json!({"receiver_type": 2, "timeout": 5, "email": "user@example.com", "lang": "en-us"});
+        for (k, v) in overrides.as_object().expect("object") {
+            if v == &json!("<absent>") {
+                base.as_object_mut().expect("object").remove(k);
+            } else {
+                base[k] = v.clone();
+            }
+        }
+        serde_json::to_vec(&base).expect("json")
+    }
+
+    fn outcome(overrides: Value) -> Result<SendRequest, Option<ErrorCode>> {
+        SendRequest::parse(&body(overrides)).map_err(|r| Some(r.code))
+    }
+
+    #[test]
+    fn every_rule_of_the_send_table() {
+        let email64 = format!("{}@example.com", "a".repeat(64 - 12));
+        let email65 = format!("{}@example.com", "a".repeat(65 - 12));
+        let cases: Vec<(&str, Value, Option<ErrorCode>)> = vec![
+            ("receiver_type absent", json!({"receiver_type": "<absent>"}), P),
+            ("receiver_type null", json!({"receiver_type": null}), P),
+            ("receiver_type 1", json!({"receiver_type": 1}), P),
+            ("receiver_type \"2\"", json!({"receiver_type": "2"}), P),
+            ("receiver_type 2.0", json!({"receiver_type": 2.0}), P),
+            ("timeout 0", json!({"timeout": 0}), P),
+            ("timeout -1", json!({"timeout": -1}), P),
+            ("timeout 1", json!({"timeout": 1}), None),
+            ("timeout 60", json!({"timeout": 60}), None),
+            ("timeout 61", json!({"timeout": 61}), None),
+            ("timeout 3000", json!({"timeout": 3000}), None),
+            ("timeout 3001", json!({"timeout": 3001}), P),
+            ("timeout 1.5", json!({"timeout": 1.5}), P),
+            ("timeout \"5\"", json!({"timeout": "5"}), P),
+            ("timeout true", json!({"timeout": true}), P),
+            ("timeout null", json!({"timeout": null}), None),
+            ("timeout absent", json!({"timeout": "<absent>"}), None),
+            ("email absent", json!({"email": "<absent>"}), E),
+            ("email null", json!({"email": null}), E),
+            ("email empty", json!({"email": ""}), E),
+            ("email blank", json!({"email": "   "}), E),
+            ("email number", json!({"email": 42}), P),
+            ("email array", json!({"email": ["a@b.co"]}), P),
+            ("email 64 chars", json!({"email": email64}), None),
+            ("email 65 chars", json!({"email": email65}), P),
+            ("email no at", json!({"email": "user.example.com"}), E),
+            ("email no dot in domain", json!({"email": "user@localhost"}), E),
+            ("email inner space", json!({"email": "us er@example.com"}), E),
+            ("email control char", json!({"email": "user\u{7}@example.com"}), E),
+            ("email two ats", json!({"email": "a@b@example.com"}), E),
+            ("email display name", json!({"email": "User <user@example.com>"}), E),
+            ("email trailing dot", json!({"email": "user@example."}), E),
+            ("lang absent", json!({"lang": "<absent>"}), None),
+            ("lang null", json!({"lang": null}), None),
+            ("lang empty", json!({"lang": ""}), None),
+            ("lang EN-US", json!({"lang": "EN-US"}), None),
+            ("lang Zh-Cn", json!({"lang": "Zh-Cn"}), None),
+            ("lang fr-fr", json!({"lang": "fr-fr"}), P),
+            ("lang 16 chars", json!({"lang": "abcdefghijklmnop"}), P),
+            ("lang 17 chars", json!({"lang": "abcdefghijklmnopq"}), P),
+            ("lang number", json!({"lang": 1}), P),
+            ("extra fields ignored", json!({"customer_id": "x", "extra": {"a": 1}}), None),
+        ];
+        for (name, overrides, expected) in cases {
+            assert_eq!(outcome(overrides).err(), expected.map(Some), "{name}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_normalised_as_the_seed_says() {
+        for (given, minutes) in [(json!(null), 10), (json!(1), 1), (json!(60), 60), (json!(61), 5), (json!(3000), 5)] {
+            let req = outcome(json!({ "timeout": given })).expect("valid");
+            assert_eq!(req.ttl.minutes(), minutes, "timeout {given}");
+        }
+        let req = outcome(json!({"timeout": "<absent>"})).expect("valid");
+        assert_eq!(req.ttl.minutes(), 10);
+    }
+
+    #[test]
+    fn lang_defaults_to_chinese_and_ignores_case() {
+        assert_eq!(outcome(json!({"lang": "<absent>"})).expect("valid").lang, Lang::ZhCn);
+        assert_eq!(outcome(json!({"lang": ""})).expect("valid").lang, Lang::ZhCn);
+        assert_eq!(outcome(json!({"lang": "EN-US"})).expect("valid").lang, Lang::EnUs);
+    }
+
+    #[test]
+    fn the_first_broken_rule_in_seed_order_is_reported() {
+        let both = outcome(json!({"receiver_type": 1, "email": ""}));
+        assert_eq!(both.err(), Some(P));
+        let email_then_lang = outcome(json!({"email": "nope", "lang": "fr"}));
+        assert_eq!(email_then_lang.err(), Some(E));
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_are_parameter_errors() {
+        for raw in [&b"{"[..], b"", b"[]", b"null", b"\"x\"", b"{\"receiver_type\":2,}"] {
+            assert_eq!(SendRequest::parse(raw).map_err(|r| r.code).err(), Some(ErrorCode::ParameterError));
+        }
+    }
+
+    #[test]
+    fn emails_are_trimmed_normalised_and_redacted() {
+        let email = Email::parse("  User@Example.COM ").expect("valid");
+        assert_eq!(email.as_str(), "User@Example.COM");
+        assert_eq!(email.normalised(), "user@example.com");
+        assert_eq!(email.redacted(), "U***@Example.COM");
+    }
+
+    #[test]
+    fn check_requests_need_an_email_and_a_code() {
+        let ok = CheckRequest::parse(br#"{"email":"a@b.co","verification_code":"123456"}"#).expect("valid");
+        assert_eq!(ok.code, "123456");
+        let no_code = CheckRequest::parse(br#"{"email":"a@b.co"}"#).map_err(|r| r.code);
+        assert_eq!(no_code.err(), Some(ErrorCode::ParameterError));
+        let no_email = CheckRequest::parse(br#"{"verification_code":"1"}"#).map_err(|r| r.code);
+        assert_eq!(no_email.err(), Some(ErrorCode::InvalidEmail));
+    }
+}

@@ -1,1 +1,15 @@
-pub fn x(){}
+//! The intake: the HTTP API that validates, authenticates, rate-limits and
+//! records a dispatch, then hands its id to RabbitMQ.
+
+pub mod accounts;
+pub mod auth;
+pub mod error;
+pub mod publisher;
+pub mod request_id;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod store;
+
+pub use settings::{IntakeSettings, RateLimit};
+pub use startup::{AppState, Application};

@@ -1,0 +1,98 @@
+//! Partners and tokens, as the CLI manages them.
+
+use anyhow::Context;
+use base64::Engine;
+use rand::RngCore;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const TOKEN_PREFIX: &str = "vmt_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Partner,
+    Customer,
+}
+
+impl AccountKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Partner => "partner",
+            Self::Customer => "customer",
+        }
+    }
+}
+
+pub async fn create_partner(pool: &PgPool, name: &str, kind: AccountKind, suspended: bool) -> anyhow::Result<Uuid> {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO partners (id, name, kind, status) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(name)
+        .bind(kind.as_str())
+        .bind(if suspended { "suspended" } else { "active" })
+        .execute(pool)
+        .await
+        .context("inserting the partner")?;
+    Ok(id)
+}
+
+/// Suspends or reactivates a partner (used by operators and tests).
+pub async fn set_suspended(pool: &PgPool, partner_id: Uuid, suspended: bool) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE partners SET status = $2 WHERE id = $1")
+        .bind(partner_id)
+        .bind(if suspended { "suspended" } else { "active" })
+        .execute(pool)
+        .await
+        .context("updating the partner")?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("no partner with id {0}")]
+    UnknownPartner(Uuid),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub async fn issue_token(
+    pool: &PgPool,
+    partner_id: Uuid,
+    ttl: std::time::Duration,
+) -> Result<IssuedToken, AccountError> {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    let ttl = time::Duration::try_from(ttl).map_err(|e| anyhow::anyhow!("token ttl out of range: {e}"))?;
+    let expires_at = OffsetDateTime::now_utc() + ttl;
+    let inserted = sqlx::query(
+        "INSERT INTO tokens (digest, partner_id, expires_at)
+         SELECT $1, id, $3 FROM partners WHERE id = $2",
+    )
+    .bind(verimail_core::secrets::token_digest(&token))
+    .bind(partner_id)
+    .bind(expires_at)
+    .execute(pool)
+    .await
+    .context("inserting the token")?;
+    if inserted.rows_affected() == 0 {
+        return Err(AccountError::UnknownPartner(partner_id));
+    }
+    Ok(IssuedToken { token, expires_at })
+}
+
+/// Returns whether a live token was revoked.
+pub async fn revoke_token(pool: &PgPool, token: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE tokens SET revoked_at = now() WHERE digest = $1 AND revoked_at IS NULL")
+        .bind(verimail_core::secrets::token_digest(token.trim()))
+        .execute(pool)
+        .await
+        .context("revoking the token")?;
+    Ok(done.rows_affected() == 1)
+}

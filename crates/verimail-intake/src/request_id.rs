@@ -1,0 +1,38 @@
+//! Every request gets an id (UUID v7) before anything else runs: it names the
+//! request's log span, answers as `X-Request-Id`, and becomes the dispatch id
+//! when the request creates one.
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+use uuid::Uuid;
+
+pub const HEADER: &str = "x-request-id";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(pub Uuid);
+
+pub async fn layer(mut request: Request, next: Next) -> Response {
+    let id = Uuid::now_v7();
+    request.extensions_mut().insert(RequestId(id));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    async move {
+        let started = std::time::Instant::now();
+        let mut response = next.run(request).await;
+        if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+            response.headers_mut().insert(HEADER, value);
+        }
+        let code = response.extensions().get::<verimail_core::ErrorCode>().map(|c| c.code());
+        tracing::info!(
+            status = response.status().as_u16(),
+            error_code = code,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request done"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}

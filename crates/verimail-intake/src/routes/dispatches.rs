@@ -1,0 +1,28 @@
+//! `GET /v2/bases/verificationcode/dispatches/{id}` — SPEC §4.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use uuid::Uuid;
+use verimail_core::ErrorCode;
+
+use crate::error::{ApiError, Result};
+use crate::startup::AppState;
+use crate::store::{self, DispatchView};
+use crate::auth;
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<DispatchView>> {
+    let caller = auth::authenticate(&state.pool, &state.keys, &headers).await?;
+    // Another partner's id is answered exactly like an unknown one.
+    let not_found = || ApiError::new(ErrorCode::NotFound);
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    store::find(&state.pool, id, caller.partner_id)
+        .await
+        .map_err(|e| ApiError::infra(ErrorCode::Internal, "reading a dispatch failed", &e))?
+        .map(Json)
+        .ok_or_else(not_found)
+}

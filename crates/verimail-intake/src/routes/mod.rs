@@ -1,0 +1,36 @@
+//! HTTP routes, one file per resource.
+
+pub mod dispatches;
+pub mod health;
+pub mod send;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, header};
+use verimail_core::ErrorCode;
+
+use crate::error::ApiError;
+
+/// SPEC §2: bodies over 16 KiB are parameter errors.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Reads the body ourselves so an oversized one is a CBC error, not axum's
+/// plain-text 413.
+pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::with_message(ErrorCode::ParameterError, "Parameter error. The body exceeds 16 KiB."))
+}
+
+/// Only JSON is accepted (`application/json`, any parameters).
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::with_message(ErrorCode::ParameterError, "Parameter error. Content-Type must be application/json."))
+    }
+}

@@ -1,0 +1,75 @@
+//! Building and running the HTTP application.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use verimail_core::ErrorCode;
+use verimail_core::secrets::Keys;
+
+use crate::error::ApiError;
+use crate::publisher::Publisher;
+use crate::routes::{dispatches, health, send};
+use crate::{IntakeSettings, request_id};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub keys: Keys,
+    pub publisher: Arc<Publisher>,
+    pub settings: Arc<IntakeSettings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/bases/verificationcode/send", post(send::send))
+        .route("/v2/bases/verificationcode/dispatches/{id}", get(dispatches::show))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::with_message(ErrorCode::NotFound, "No such resource.") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::with_message(ErrorCode::ParameterError, "Method not allowed.")
+        })
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port, for tests).
+    pub async fn build(settings: IntakeSettings, pool: PgPool, keys: Keys) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let publisher = Arc::new(Publisher::new(settings.amqp.clone()));
+        // Connect eagerly so a misconfigured broker shows at start; a broker
+        // that is merely down is retried by the first request.
+        if let Err(error) = publisher.ready().await {
+            tracing::warn!(error = format!("{error:#}"), "RabbitMQ not reachable at start; will retry");
+        }
+        let state = AppState { pool, keys, publisher, settings: Arc::new(settings) };
+        Ok(Self { listener, router: router(state) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "intake listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")
+    }
+}

@@ -1,0 +1,161 @@
+//! Opening one SMTP session on a socket we own.
+//!
+//! The point of owning the socket is `TCP_NODELAY`: lettre 0.11.23 writes the
+//! body and the final `.` of DATA separately, and without NODELAY the second
+//! write waits for the server's delayed ACK (~40 ms per mail).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use lettre::transport::smtp::authentication::DEFAULT_MECHANISMS;
+#[allow(deprecated)] // see `ImplicitTls`
+use lettre::transport::smtp::client::AsyncNetworkStream;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
+
+use super::config::{Security, SmtpConfig};
+
+/// Failure while setting a session up, with the step it happened in.
+/// Carries lettre's error so the caller can still read the SMTP reply.
+#[derive(Debug)]
+pub(super) struct ConnectError {
+    pub step: &'static str,
+    pub source: ConnectCause,
+}
+
+#[derive(Debug)]
+pub(super) enum ConnectCause {
+    Io(io::Error),
+    Smtp(lettre::transport::smtp::Error),
+}
+
+fn at<E: Into<ConnectCause>>(step: &'static str) -> impl FnOnce(E) -> ConnectError {
+    move |e| ConnectError {
+        step,
+        source: e.into(),
+    }
+}
+
+impl From<io::Error> for ConnectCause {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<lettre::transport::smtp::Error> for ConnectCause {
+    fn from(e: lettre::transport::smtp::Error) -> Self {
+        Self::Smtp(e)
+    }
+}
+
+/// Connects, greets, secures and authenticates as the config asks.
+/// Not time-bounded here: the pool wraps the whole setup in one timeout.
+pub(super) async fn open(config: &SmtpConfig) -> Result<AsyncSmtpConnection, ConnectError> {
+    let tcp = TcpStream::connect((config.host.as_str(), config.port))
+        .await
+        .map_err(at("connect"))?;
+    tcp.set_nodelay(true).map_err(at("connect"))?;
+
+    let mut conn = match &config.security {
+        Security::Implicit(tls) => {
+            let stream = ImplicitTls::handshake(tcp, tls.clone())
+                .await
+                .map_err(at("TLS handshake"))?;
+            greet(Box::new(stream), &config.hello).await?
+        }
+        _ => greet(Box::new(tcp), &config.hello).await?,
+    };
+
+    match &config.security {
+        Security::Required(tls) => conn
+            .starttls(tls.clone(), &config.hello)
+            .await
+            .map_err(at("STARTTLS"))?,
+        Security::Opportunistic(tls) if conn.can_starttls() => conn
+            .starttls(tls.clone(), &config.hello)
+            .await
+            .map_err(at("STARTTLS"))?,
+        _ => {}
+    }
+
+    if let Some(credentials) = &config.credentials {
+        conn.auth(DEFAULT_MECHANISMS, credentials)
+            .await
+            .map_err(at("AUTH"))?;
+    }
+    Ok(conn)
+}
+
+async fn greet(
+    stream: Box<dyn AsyncTokioStream>,
+    hello: &ClientId,
+) -> Result<AsyncSmtpConnection, ConnectError> {
+    AsyncSmtpConnection::connect_with_transport(stream, hello)
+        .await
+        .map_err(at("greeting/EHLO"))
+}
+
+/// An implicit-TLS stream over our own NODELAY socket.
+///
+/// lettre's `connect_with_transport` reads the greeting straight away, so for
+/// `smtps://` the TLS handshake must already be done on the stream we hand
+/// it, and lettre offers no public way to wrap a stream in TLS other than its
+/// (deprecated, still public) `AsyncNetworkStream::upgrade_tls`. That stream
+/// speaks futures-io, so `Compat` turns it back into tokio I/O. The cost is
+/// one extra, pass-through layer; the gain is reusing lettre's TLS setup
+/// (root store, crypto provider) instead of duplicating it.
+#[allow(deprecated)]
+#[derive(Debug)]
+struct ImplicitTls(Compat<AsyncNetworkStream>);
+
+#[allow(deprecated)]
+impl ImplicitTls {
+    async fn handshake(
+        tcp: TcpStream,
+        tls: TlsParameters,
+    ) -> Result<Self, lettre::transport::smtp::Error> {
+        let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
+        stream.upgrade_tls(tls).await?;
+        Ok(Self(stream.compat()))
+    }
+}
+
+impl AsyncRead for ImplicitTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ImplicitTls {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for ImplicitTls {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        #[allow(deprecated)]
+        self.0.get_ref().peer_addr()
+    }
+}

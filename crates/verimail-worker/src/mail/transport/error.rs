@@ -1,0 +1,70 @@
+//! What a failed send means for the dispatch: try again later, or give up.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use super::connect::{ConnectCause, ConnectError};
+
+/// A failed send. The text is the SMTP reply (`451 4.3.0 try later`) or the
+/// cause (`connect: Connection refused ...`), meant for `last_error`; it never
+/// contains the message, so never the code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying: connection trouble, timeouts, 4xx replies.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying the same mail will fail the same way: 5xx replies to the
+    /// transaction, or a message the server cannot take at all.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+
+    /// The reason alone, without the transient/permanent prefix.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Transient(r) | Self::Permanent(r) => r,
+        }
+    }
+}
+
+/// Failures inside MAIL … end of DATA: the reply is about this message.
+pub(super) fn from_transaction(e: &lettre::transport::smtp::Error) -> SendError {
+    let reason = describe(e);
+    if e.is_permanent() || e.is_client() {
+        // Client errors here are lettre refusing the message for this server
+        // (e.g. a non-ASCII address without SMTPUTF8): deterministic.
+        SendError::Permanent(reason)
+    } else {
+        SendError::Transient(reason)
+    }
+}
+
+/// Failures while setting a session up (greeting, EHLO, STARTTLS, AUTH) are
+/// always transient, even with a 5xx reply: they describe the server or our
+/// configuration, not the message, and failing every queued dispatch at once
+/// on, say, a rotated password would be worse than retrying until fixed.
+pub(super) fn from_connect(e: &ConnectError) -> SendError {
+    let cause = match &e.source {
+        ConnectCause::Io(io) => io.to_string(),
+        ConnectCause::Smtp(smtp) => describe(smtp),
+    };
+    SendError::Transient(format!("{}: {cause}", e.step))
+}
+
+pub(super) fn timed_out(step: &str, after: Duration) -> SendError {
+    SendError::Transient(format!("{step}: timed out after {after:?}"))
+}
+
+/// `451 4.3.0 try later` for replies; lettre's own wording otherwise.
+fn describe(e: &lettre::transport::smtp::Error) -> String {
+    match (e.status(), e.source()) {
+        (Some(code), Some(text)) => format!("{code} {text}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,156 @@
+//! Commands of SPEC §6. Results go to stdout as one JSON object, logs to stderr.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use uuid::Uuid;
+use verimail_core::db;
+use verimail_core::secrets::Keys;
+use verimail_intake::accounts::{self, AccountKind};
+
+use crate::config::{self, ConfigError, ProcessEnv, Source};
+use crate::telemetry;
+
+#[derive(Parser)]
+#[command(name = "verimail", version, about = "Email verification codes, queued and delivered once.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply database migrations.
+    Migrate,
+    /// Serve the HTTP API on VERIMAIL_LISTEN.
+    Intake,
+    /// Consume dispatches and send the mail.
+    Worker,
+    /// Migrate, then run intake and worker in one process (the quick start).
+    All,
+    /// Manage partner accounts.
+    #[command(subcommand)]
+    Partner(PartnerCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum PartnerCommand {
+    /// Create an account; prints its partner_id.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A customer account: authenticates, but may not call the API.
+        #[arg(long)]
+        customer: bool,
+        #[arg(long)]
+        suspended: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token for a partner; prints token and expires_at.
+    Issue {
+        #[arg(long)]
+        partner: Uuid,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Revoke a token.
+    Revoke { token: String },
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = ProcessEnv;
+    let json_logs = env.get("VERIMAIL_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    telemetry::init(json_logs);
+    match run(cli.command, &env).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(config) = error.downcast_ref::<ConfigError>() {
+                eprintln!("verimail: {config}");
+                return ExitCode::from(2);
+            }
+            eprintln!("verimail: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(value: serde_json::Value) {
+    println!("{value}");
+}
+
+async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
+    let common = config::Common::load(env)?;
+    match command {
+        Command::Migrate => {
+            db::create_database_if_missing(&common.database_url).await?;
+            let pool = db::pool(&common.db())?;
+            db::migrate(&pool).await?;
+            print(json!({"migrated": true}));
+        }
+        Command::Intake => {
+            let intake = config::Intake::load(env)?;
+            let keys = Keys::derive(&config::require_secret(env)?);
+            let pool = db::pool(&common.db())?;
+            let app = verimail_intake::Application::build(intake.settings(&common), pool, keys).await?;
+            app.run_until(shutdown_signal()).await?;
+        }
+        Command::Worker | Command::All => {
+            anyhow::bail!("the worker is not built yet");
+        }
+        Command::Partner(PartnerCommand::Create { name, customer, suspended }) => {
+            let pool = db::pool(&common.db())?;
+            let kind = if customer { AccountKind::Customer } else { AccountKind::Partner };
+            let id = accounts::create_partner(&pool, &name, kind, suspended).await?;
+            print(json!({"partner_id": id, "name": name, "kind": if customer { "customer" } else { "partner" },
+                         "status": if suspended { "suspended" } else { "active" }}));
+        }
+        Command::Token(TokenCommand::Issue { partner, ttl }) => {
+            let pool = db::pool(&common.db())?;
+            let issued = accounts::issue_token(&pool, partner, ttl).await?;
+            let expires_at = issued.expires_at.format(&time::format_description::well_known::Rfc3339)?;
+            print(json!({"token": issued.token, "partner_id": partner, "expires_at": expires_at}));
+        }
+        Command::Token(TokenCommand::Revoke { token }) => {
+            let pool = db::pool(&common.db())?;
+            let revoked = accounts::revoke_token(&pool, &token).await.context("revoking")?;
+            if !revoked {
+                anyhow::bail!("no live token matches");
+            }
+            print(json!({"revoked": true}));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,260 @@
+//! Configuration from the environment (SPEC §6), read once at start.
+//! A bad value stops the process with one line naming the variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use verimail_core::code::Code;
+use verimail_core::secrets::MasterSecret;
+use verimail_intake::RateLimit;
+
+/// Every variable the binary reads: name, default, meaning. The README table
+/// and `.env.example` are checked against this list by a test.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    ("DATABASE_URL", "postgres://localhost/verimail", "Postgres connection URL"),
+    ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", "RabbitMQ connection URL"),
+    ("VERIMAIL_AMQP_PREFIX", "verimail", "prefix of every exchange and queue name"),
+    ("VERIMAIL_SECRET", "", "master secret, base64 of at least 32 bytes; intake and worker must share it"),
+    ("VERIMAIL_LISTEN", "127.0.0.1:8080", "address the intake listens on"),
+    ("VERIMAIL_PUBLISH_TIMEOUT", "2s", "longest wait for a publisher confirm"),
+    ("VERIMAIL_RATE_LIMIT", "15/60", "sends per recipient per rolling hour / day"),
+    ("VERIMAIL_CODE_LENGTH", "6", "digits in a code (4..=10)"),
+    ("VERIMAIL_DB_POOL_SIZE", "16", "Postgres connections per process"),
+    ("VERIMAIL_DB_ACQUIRE_TIMEOUT", "2s", "longest wait for a Postgres connection"),
+    ("SMTP_URL", "", "smtp://host:port, smtps://user:pass@host, smtp://host?tls=required; unset writes .eml files"),
+    ("VERIMAIL_OUTBOX", "./outbox", "where .eml files go when SMTP_URL is unset"),
+    ("VERIMAIL_MAIL_FROM", "verimail <no-reply@verimail.localhost>", "sender mailbox"),
+    ("VERIMAIL_BRAND", "verimail", "brand name shown in the mail"),
+    ("VERIMAIL_PREFETCH", "32", "messages a worker holds (and sends) at once"),
+    ("VERIMAIL_RETRY_SCHEDULE", "5s,30s,2m,5m", "waits between SMTP attempts"),
+    ("VERIMAIL_MAX_ATTEMPTS", "5", "SMTP attempts in all"),
+    ("VERIMAIL_LEASE", "60s", "how long a worker's claim on a dispatch lasts"),
+    ("VERIMAIL_SMTP_CONNECTIONS", "8", "SMTP connections a worker keeps"),
+    ("VERIMAIL_SMTP_TIMEOUT", "10s", "connect and per-command SMTP timeout"),
+    ("VERIMAIL_SHUTDOWN_GRACE", "10s", "how long in-flight sends may finish on SIGTERM"),
+    ("RUST_LOG", "info", "log filter"),
+    ("VERIMAIL_LOG_FORMAT", "text", "text or json"),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+/// Where values come from: the process environment, or a map in tests.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Source for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned().filter(|v| !v.trim().is_empty())
+    }
+}
+
+pub fn default_of(name: &str) -> &'static str {
+    VARIABLES.iter().find(|(n, _, _)| *n == name).map(|(_, d, _)| *d).unwrap_or("")
+}
+
+fn read<T>(src: &dyn Source, var: &'static str, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    let raw = src.get(var).unwrap_or_else(|| default_of(var).to_owned());
+    parse(raw.trim()).map_err(|problem| ConfigError { var, problem })
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected a duration like 2s, 5m)"))?;
+    if d.is_zero() { Err("must be more than zero".into()) } else { Ok(d) }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> {
+    move |s| match s.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!("expected a number from {min} to {max}")),
+    }
+}
+
+fn text(s: &str) -> Result<String, String> {
+    Ok(s.to_owned())
+}
+
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub database_url: String,
+    pub db_pool_size: u32,
+    pub db_acquire_timeout: Duration,
+    pub amqp_url: String,
+    pub amqp_prefix: String,
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl Common {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database_url: read(src, "DATABASE_URL", text)?,
+            db_pool_size: read(src, "VERIMAIL_DB_POOL_SIZE", number(1, 1000))?,
+            db_acquire_timeout: read(src, "VERIMAIL_DB_ACQUIRE_TIMEOUT", duration)?,
+            amqp_url: read(src, "AMQP_URL", |s| {
+                if s.starts_with("amqp://") || s.starts_with("amqps://") {
+                    Ok(s.to_owned())
+                } else {
+                    Err("expected an amqp:// or amqps:// URL".into())
+                }
+            })?,
+            amqp_prefix: read(src, "VERIMAIL_AMQP_PREFIX", |s| {
+                if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                    Ok(s.to_owned())
+                } else {
+                    Err("use letters, digits, '-', '_' and '.' only".into())
+                }
+            })?,
+            retry_schedule: read(src, "VERIMAIL_RETRY_SCHEDULE", |s| s.split(',').map(|d| duration(d.trim())).collect())?,
+        })
+    }
+
+    pub fn db(&self) -> verimail_core::db::DbSettings {
+        verimail_core::db::DbSettings {
+            url: self.database_url.clone(),
+            max_connections: self.db_pool_size,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+}
+
+/// `VERIMAIL_SECRET`, required by the processes that handle codes.
+pub fn secret(src: &dyn Source) -> Result<Option<MasterSecret>, ConfigError> {
+    match src.get("VERIMAIL_SECRET") {
+        None => Ok(None),
+        Some(raw) => MasterSecret::from_base64(&raw)
+            .map(Some)
+            .map_err(|e| ConfigError { var: "VERIMAIL_SECRET", problem: e.to_string() }),
+    }
+}
+
+pub fn require_secret(src: &dyn Source) -> Result<MasterSecret, ConfigError> {
+    secret(src)?.ok_or(ConfigError {
+        var: "VERIMAIL_SECRET",
+        problem: "is required (generate one with: openssl rand -base64 32)".into(),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub listen: SocketAddr,
+    pub publish_timeout: Duration,
+    pub rate_limit: RateLimit,
+    pub code_length: usize,
+}
+
+impl Intake {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: read(src, "VERIMAIL_LISTEN", |s| s.parse().map_err(|_| "expected HOST:PORT, like 127.0.0.1:8080".into()))?,
+            publish_timeout: read(src, "VERIMAIL_PUBLISH_TIMEOUT", duration)?,
+            rate_limit: read(src, "VERIMAIL_RATE_LIMIT", RateLimit::parse)?,
+            code_length: read(src, "VERIMAIL_CODE_LENGTH", number(*Code::LEN_RANGE.start(), *Code::LEN_RANGE.end()))?,
+        })
+    }
+
+    pub fn settings(&self, common: &Common) -> verimail_intake::IntakeSettings {
+        verimail_intake::IntakeSettings {
+            listen: self.listen,
+            amqp: verimail_intake::settings::AmqpSettings {
+                url: common.amqp_url.clone(),
+                prefix: common.amqp_prefix.clone(),
+                publish_timeout: self.publish_timeout,
+                retry_delays: common.retry_schedule.clone(),
+            },
+            rate_limit: self.rate_limit,
+            code_length: self.code_length,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub smtp_url: Option<String>,
+    pub outbox: PathBuf,
+    pub mail_from: String,
+    pub brand: String,
+    pub prefetch: u16,
+    pub max_attempts: u32,
+    pub lease: Duration,
+    pub smtp_connections: usize,
+    pub smtp_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Worker {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            smtp_url: src.get("SMTP_URL"),
+            outbox: read(src, "VERIMAIL_OUTBOX", |s| Ok(PathBuf::from(s)))?,
+            mail_from: read(src, "VERIMAIL_MAIL_FROM", text)?,
+            brand: read(src, "VERIMAIL_BRAND", text)?,
+            prefetch: read(src, "VERIMAIL_PREFETCH", number(1, 10_000))?,
+            max_attempts: read(src, "VERIMAIL_MAX_ATTEMPTS", number(1, 100))?,
+            lease: read(src, "VERIMAIL_LEASE", duration)?,
+            smtp_connections: read(src, "VERIMAIL_SMTP_CONNECTIONS", number(1, 1000))?,
+            smtp_timeout: read(src, "VERIMAIL_SMTP_TIMEOUT", duration)?,
+            shutdown_grace: read(src, "VERIMAIL_SHUTDOWN_GRACE", duration)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let empty = env(&[]);
+        let common = Common::load(&empty).expect("defaults load");
+        assert_eq!(common.database_url, "postgres://localhost/verimail");
+        assert_eq!(common.amqp_prefix, "verimail");
+        assert_eq!(common.retry_schedule, [5, 30, 120, 300].map(Duration::from_secs));
+        let intake = Intake::load(&empty).expect("defaults load");
+        assert_eq!(intake.publish_timeout, Duration::from_secs(2));
+        assert_eq!(intake.rate_limit, RateLimit::DEFAULT);
+        assert_eq!(intake.listen.to_string(), "127.0.0.1:8080");
+        let worker = Worker::load(&empty).expect("defaults load");
+        assert_eq!((worker.prefetch, worker.max_attempts), (32, 5));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable_in_one_line() {
+        let cases = [
+            ("VERIMAIL_PUBLISH_TIMEOUT", "soon"),
+            ("VERIMAIL_RATE_LIMIT", "lots"),
+            ("VERIMAIL_LISTEN", "8080"),
+            ("VERIMAIL_CODE_LENGTH", "3"),
+        ];
+        for (var, value) in cases {
+            let error = Intake::load(&env(&[(var, value)])).expect_err(var);
+            let line = error.to_string();
+            assert!(line.starts_with(&format!("invalid {var}: ")) && !line.contains('\n'), "{line}");
+        }
+        let error = Common::load(&env(&[("AMQP_URL", "http://x")])).expect_err("bad url");
+        assert_eq!(error.var, "AMQP_URL");
+        let error = Worker::load(&env(&[("VERIMAIL_PREFETCH", "0")])).expect_err("zero prefetch");
+        assert_eq!(error.var, "VERIMAIL_PREFETCH");
+        assert_eq!(require_secret(&env(&[])).expect_err("missing").var, "VERIMAIL_SECRET");
+        assert_eq!(require_secret(&env(&[("VERIMAIL_SECRET", "c2hvcnQ=")])).expect_err("short").var, "VERIMAIL_SECRET");
+    }
+}

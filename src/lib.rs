@@ -1,0 +1,5 @@
+//! The `verimail` binary's pieces: CLI, configuration and telemetry.
+
+pub mod cli;
+pub mod config;
+pub mod telemetry;
