@@ -15,11 +15,12 @@ pub enum ErrorCode {
     Unauthenticated,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::ParameterError,
         Self::NotPartner,
         Self::CodeNotRecorded,
@@ -32,6 +33,7 @@ impl ErrorCode {
         Self::Unauthenticated,
         Self::Forbidden,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::Internal,
     ];
 
@@ -83,6 +85,7 @@ impl ErrorCode {
             Self::Forbidden => ("CBC.0151", 403, "Access denied."),
             // SPEC §4: an unknown dispatch is answered as a parameter error.
             Self::NotFound => ("CBC.0100", 404, "The dispatch does not exist."),
+            Self::MethodNotAllowed => ("CBC.0100", 405, "Method not allowed."),
             Self::Internal => ("CBC.0999", 500, "Internal error. Try again later."),
         }
     }
@@ -110,6 +113,7 @@ mod tests {
                 ("CBC.0154", 401),
                 ("CBC.0151", 403),
                 ("CBC.0100", 404),
+                ("CBC.0100", 405),
                 ("CBC.0999", 500),
             ]
         );

@@ -32,9 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::with_message(ErrorCode::NotFound, "No such resource.") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::with_message(ErrorCode::ParameterError, "Method not allowed.")
-        })
+        .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed) })
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }

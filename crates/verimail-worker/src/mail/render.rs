@@ -185,6 +185,7 @@ struct EnHtml<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use verimail_testkit::smtp_sink::MailView;

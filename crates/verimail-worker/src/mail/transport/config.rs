@@ -97,9 +97,8 @@ impl SmtpConfig {
             }
         }
 
-        let tls_parameters = || {
-            TlsParameters::new(host.clone()).context("cannot set up TLS for the SMTP host")
-        };
+        let tls_parameters =
+            || TlsParameters::new(host.clone()).context("cannot set up TLS for the SMTP host");
         let (security, default_port) = match (url.scheme(), tls.as_deref()) {
             ("smtp", None | Some("none")) => (Security::Plain, SMTP_PORT),
             ("smtp", Some("opportunistic")) => {
@@ -160,6 +159,7 @@ fn decode(s: &str) -> anyhow::Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -194,10 +194,7 @@ mod tests {
             parse("smtp://h?tls=opportunistic").security,
             Security::Opportunistic(_)
         ));
-        assert!(matches!(
-            parse("smtps://h").security,
-            Security::Implicit(_)
-        ));
+        assert!(matches!(parse("smtps://h").security, Security::Implicit(_)));
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! A small bounded pool of SMTP sessions opened by `connect::open`.
+//!
+//! Deliberately simpler than lettre's pool: no background reaper, no minimum
+//! idle count. A session is checked with NOOP before reuse, replaced when
+//! dead or idle for too long, and dropped after any failed transaction
+//! (lettre has already sent QUIT on such sessions).
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+use super::config::SmtpConfig;
+use super::connect;
+use super::error::{self, SendError};
+
+/// Idle sessions older than this are closed rather than probed. RFC 5321
+/// §4.5.3.2.7 lets servers drop idle clients after 5 minutes; many do
+/// sooner, and a probe that fails costs a round trip for nothing.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+pub(super) struct Pool {
+    config: SmtpConfig,
+    /// Bounds sessions in use *and* idle: a session only goes idle from a
+    /// permit holder, and a new one is opened only when none is idle.
+    permits: Semaphore,
+    /// Most recently used last, so reuse picks the warmest session.
+    idle: Mutex<Vec<Idle>>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+impl Pool {
+    pub(super) fn new(
+        config: SmtpConfig,
+        max_connections: usize,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Self {
+        Self {
+            config,
+            permits: Semaphore::new(max_connections),
+            idle: Mutex::new(Vec::with_capacity(max_connections)),
+            connect_timeout,
+            command_timeout,
+        }
+    }
+
+    pub(super) fn config(&self) -> &SmtpConfig {
+        &self.config
+    }
+
+    /// One SMTP transaction (MAIL, RCPT…, DATA), bounded by `command_timeout`.
+    pub(super) async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SendError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SendError::Transient("SMTP transport is closed".to_owned()))?;
+        let mut conn = self.checkout().await?;
+        match timeout(self.command_timeout, conn.send(envelope, message)).await {
+            Ok(Ok(_)) => {
+                self.checkin(conn);
+                Ok(())
+            }
+            // lettre has aborted the session; dropping it closes the socket.
+            Ok(Err(e)) => Err(error::from_transaction(&e)),
+            // The session is mid-command: unusable. Note the server may have
+            // taken the mail if the timeout hit while waiting for the final
+            // reply; a retry can then duplicate it, which beats losing it.
+            Err(_) => Err(error::timed_out("SMTP transaction", self.command_timeout)),
+        }
+    }
+
+    /// Closes idle sessions politely (worker shutdown). Sessions in use are
+    /// closed by their senders as usual; new sends still work afterwards.
+    pub(super) async fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.lock_idle());
+        for Idle { mut conn, .. } in idle {
+            let _ = timeout(self.command_timeout, conn.quit()).await;
+        }
+    }
+
+    async fn checkout(&self) -> Result<AsyncSmtpConnection, SendError> {
+        loop {
+            let Some(Idle { mut conn, since }) = self.lock_idle().pop() else {
+                break;
+            };
+            if since.elapsed() > MAX_IDLE {
+                self.retire(conn);
+                continue;
+            }
+            // The server may have closed the session since (idle timeout,
+            // per-session message limit): NOOP is one round trip and catches
+            // that before we start a transaction on a dead socket.
+            if matches!(
+                timeout(self.command_timeout, conn.test_connected()).await,
+                Ok(true)
+            ) {
+                return Ok(conn);
+            }
+            tracing::debug!("dropping a dead pooled SMTP session");
+        }
+        self.open().await
+    }
+
+    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
+        match timeout(self.connect_timeout, connect::open(&self.config)).await {
+            Ok(Ok(conn)) => {
+                tracing::debug!(smtp = %self.config, "opened an SMTP session");
+                Ok(conn)
+            }
+            Ok(Err(e)) => Err(error::from_connect(&e)),
+            Err(_) => Err(error::timed_out("SMTP connect", self.connect_timeout)),
+        }
+    }
+
+    fn checkin(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        self.lock_idle().push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// QUIT in the background: the caller is about to send a mail and
+    /// should not wait for a goodbye.
+    fn retire(&self, mut conn: AsyncSmtpConnection) {
+        let limit = self.command_timeout;
+        tokio::spawn(async move {
+            let _ = timeout(limit, conn.quit()).await;
+        });
+    }
+
+    /// The lock guards only push/pop/take, never an await, so a poisoned
+    /// lock still holds a consistent list.
+    fn lock_idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,234 @@
+//! Shared test harness: a fresh database and queue prefix per test, the
+//! intake on port 0, a cuttable TCP proxy, and broker helpers.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+use uuid::Uuid;
+use verimail_core::amqp::Topology;
+use verimail_core::secrets::{Keys, MasterSecret};
+use verimail_core::{db, DispatchMessage};
+use verimail_intake::accounts::{self, AccountKind};
+use verimail_intake::settings::AmqpSettings;
+use verimail_intake::{Application, IntakeSettings, RateLimit};
+
+pub const SEND_PATH: &str = "/v2/bases/verificationcode/send";
+
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn test_keys() -> Keys {
+    Keys::derive(&MasterSecret::from_base64(TEST_SECRET).unwrap())
+}
+
+/// 32 zero-ish bytes, base64: the secret every test process shares.
+pub const TEST_SECRET: &str = "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=";
+
+/// A database of its own, migrated.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("vm_test_{}", Uuid::new_v4().simple());
+        let admin = pg_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to Postgres for tests");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        conn.close().await.ok();
+        let url = replace_db(&admin, &name);
+        let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
+        db::migrate(&pool).await.unwrap();
+        Self { url, name, pool }
+    }
+
+    /// The same database reached through another address (a proxy).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url).unwrap();
+        url.set_host(Some(&addr.ip().to_string())).unwrap();
+        url.set_port(Some(addr.port())).unwrap();
+        url.to_string()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+fn replace_db(url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", Uuid::new_v4().simple())
+}
+
+pub fn fast_retries() -> Vec<Duration> {
+    vec![Duration::from_millis(200), Duration::from_millis(400)]
+}
+
+pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
+    IntakeSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        amqp: AmqpSettings {
+            url: amqp_url,
+            prefix: prefix.to_owned(),
+            publish_timeout: Duration::from_millis(1500),
+            retry_delays: fast_retries(),
+        },
+        rate_limit: RateLimit::DEFAULT,
+        code_length: 6,
+    }
+}
+
+pub fn db_settings(url: &str) -> db::DbSettings {
+    db::DbSettings { url: url.to_owned(), max_connections: 8, acquire_timeout: Duration::from_secs(1) }
+}
+
+/// A running intake on a free port.
+pub struct TestIntake {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestIntake {
+    pub async fn spawn(settings: IntakeSettings, db_url: &str) -> Self {
+        let pool = db::pool(&db_settings(db_url)).unwrap();
+        let app = Application::build(settings, pool, test_keys()).await.unwrap();
+        let addr = app.local_addr();
+        let task = tokio::spawn(async move {
+            app.run_until(std::future::pending()).await.unwrap();
+        });
+        Self { addr, client: reqwest::Client::new(), task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn send(&self, token: &str, body: &Value) -> Reply {
+        let response = self
+            .client
+            .post(self.url(SEND_PATH))
+            .header("X-Auth-Token", token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        Reply::read(response).await
+    }
+}
+
+impl Drop for TestIntake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response, read once.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub request_id: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let request_id = header("x-request-id");
+        let content_type = header("content-type");
+        let body = response.text().await.unwrap();
+        Self { status, request_id, content_type, body }
+    }
+
+    pub fn error_code(&self) -> Option<String> {
+        let value: Value = serde_json::from_str(&self.body).ok()?;
+        value.get("error_code")?.as_str().map(str::to_owned)
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// A partner with a live token.
+pub struct Partner {
+    pub id: Uuid,
+    pub token: String,
+}
+
+pub async fn partner(pool: &PgPool, kind: AccountKind, suspended: bool) -> Partner {
+    let id = accounts::create_partner(pool, "test", kind, suspended).await.unwrap();
+    let token = accounts::issue_token(pool, id, Duration::from_secs(3600)).await.unwrap().token;
+    Partner { id, token }
+}
+
+pub fn valid_body(email: &str) -> Value {
+    serde_json::json!({"receiver_type": 2, "timeout": 5, "email": email, "lang": "en-us"})
+}
+
+/// Direct access to the test's queues.
+pub struct Broker {
+    pub topology: Topology,
+    _connection: lapin::Connection,
+    pub channel: lapin::Channel,
+}
+
+impl Broker {
+    pub async fn connect(prefix: &str) -> Self {
+        let connection = verimail_core::amqp::connect(&amqp_url(), Duration::from_secs(5)).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let topology = Topology::new(prefix);
+        topology.declare(&channel, &fast_retries()).await.unwrap();
+        Self { topology, _connection: connection, channel }
+    }
+
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        self.channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap().message_count()
+    }
+
+    /// Takes every message waiting in the dispatch queue.
+    pub async fn drain_dispatches(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let queue = self.topology.dispatch_queue();
+        while let Some(message) =
+            self.channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+        {
+            out.push(message.delivery.data.clone());
+        }
+        out
+    }
+
+    pub async fn decoded_dispatches(&self) -> Vec<DispatchMessage> {
+        self.drain_dispatches().await.iter().map(|m| DispatchMessage::decode(m).unwrap()).collect()
+    }
+
+    /// Deletes the test's queues (best effort).
+    pub async fn cleanup(&self) {
+        for queue in self.topology.queues(&fast_retries()) {
+            let _ = self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+    }
+}
