@@ -1,0 +1,113 @@
+//! Outages of RabbitMQ and Postgres under a running intake, staged with a
+//! cuttable proxy so the shared servers keep running.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::proxy::Proxy;
+use support::*;
+use verimail_intake::accounts::AccountKind;
+
+fn amqp_via(addr: SocketAddr) -> String {
+    let mut url = url::Url::parse(&amqp_url()).unwrap();
+    url.set_host(Some(&addr.ip().to_string())).unwrap();
+    url.set_port(Some(addr.port())).unwrap();
+    url.to_string()
+}
+
+fn target(url: &str) -> SocketAddr {
+    let url = url::Url::parse(url).unwrap();
+    let host = url.host_str().unwrap();
+    let port = url.port_or_known_default().unwrap_or(5672);
+    format!("{}:{}", if host == "localhost" { "127.0.0.1" } else { host }, port).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_answers_handoff_failed_quickly_then_recovers() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let proxy = Proxy::start(target(&amqp_url())).await;
+    let mut settings = intake_settings(amqp_via(proxy.addr()), &prefix);
+    settings.amqp.publish_timeout = Duration::from_millis(800);
+    let intake = TestIntake::spawn(settings, &db.url).await;
+    let p = partner(&db.pool, AccountKind::Partner, false).await;
+
+    assert_eq!(intake.send(&p.token, &valid_body("up@example.com")).await.status, 204);
+
+    proxy.cut();
+    let mut failed_ids = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let reply = intake.send(&p.token, &valid_body("down@example.com")).await;
+        assert_eq!(reply.error_code().as_deref(), Some("CBC.99004003"), "attempt {i}: {}", reply.body);
+        assert!(started.elapsed() < Duration::from_millis(800) + Duration::from_millis(700), "bounded by the publish timeout");
+        failed_ids.push(reply.request_id.unwrap());
+    }
+    // Twenty failures did not use up the limit of 15, and each row says why.
+    let rows: Vec<(String, bool, Option<String>, bool)> = sqlx::query_as(
+        "SELECT status, counts_toward_limit, last_error, code_sealed IS NULL FROM dispatches WHERE recipient = 'down@example.com'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 20);
+    for (status, counts, last_error, wiped) in rows {
+        assert_eq!((status.as_str(), counts, wiped), ("failed", false, true));
+        assert!(last_error.is_some_and(|e| !e.is_empty()));
+    }
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..40 {
+        let reply = intake.send(&p.token, &valid_body("down@example.com")).await;
+        if reply.status == 204 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(recovered, "the same intake answers 204 once the broker is back");
+    // The failed attempts left no messages; the two accepted ones are queued.
+    assert_eq!(broker.drain_dispatches().await.len(), 2);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_fails_fast_with_a_cbc_error_then_recovers() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let proxy = Proxy::start(target(&db.url)).await;
+    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url_via(proxy.addr())).await;
+    let p = partner(&db.pool, AccountKind::Partner, false).await;
+    assert_eq!(intake.send(&p.token, &valid_body("pg@example.com")).await.status, 204);
+
+    proxy.cut();
+    for i in 0..3 {
+        let started = Instant::now();
+        let reply = intake.send(&p.token, &valid_body("pg@example.com")).await;
+        assert!(reply.status >= 400, "attempt {i}");
+        let code = reply.error_code().unwrap_or_default();
+        assert!(code.starts_with("CBC."), "attempt {i}: {}", reply.body);
+        assert!(!reply.body.contains("sqlx") && !reply.body.contains("connection"), "no internals leak: {}", reply.body);
+        // Acquire timeout is 1 s in tests; allow scheduling slack.
+        assert!(started.elapsed() < Duration::from_secs(4), "attempt {i} took {:?}", started.elapsed());
+    }
+    let ready = Reply::read(intake.client.get(intake.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(ready.status, 503);
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..40 {
+        if intake.send(&p.token, &valid_body("pg@example.com")).await.status == 204 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(recovered, "the same intake answers 204 once Postgres is back");
+    broker.cleanup().await;
+}
