@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use uuid::Uuid;
 use verimail_core::db;
-use verimail_core::secrets::Keys;
+use verimail_core::secrets::{Keys, MasterSecret};
 use verimail_intake::accounts::{self, AccountKind};
 
 use crate::config::{self, ConfigError, ProcessEnv, Source};
@@ -104,8 +104,39 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             let app = verimail_intake::Application::build(intake.settings(&common), pool, keys).await?;
             app.run_until(shutdown_signal()).await?;
         }
-        Command::Worker | Command::All => {
-            anyhow::bail!("the worker is not built yet");
+        Command::Worker => {
+            let worker = config::Worker::load(env)?;
+            let keys = Keys::derive(&config::require_secret(env)?);
+            let pool = db::pool(&common.db())?;
+            verimail_worker::run(worker.settings(&common), pool, keys, shutdown_signal()).await?;
+        }
+        Command::All => {
+            let intake = config::Intake::load(env)?;
+            let worker = config::Worker::load(env)?;
+            let secret = match config::secret(env)? {
+                Some(secret) => secret,
+                None => {
+                    tracing::warn!(
+                        "VERIMAIL_SECRET is unset: using an ephemeral secret; codes queued now cannot be sent after a restart"
+                    );
+                    MasterSecret::ephemeral()
+                }
+            };
+            let keys = Keys::derive(&secret);
+            db::create_database_if_missing(&common.database_url).await?;
+            let pool = db::pool(&common.db())?;
+            db::migrate(&pool).await?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let app = verimail_intake::Application::build(intake.settings(&common), pool.clone(), keys.clone()).await?;
+            let mut intake_stopped = stopped.clone();
+            let intake_task = tokio::spawn(app.run_until(async move {
+                let _ = intake_stopped.wait_for(|s| *s).await;
+            }));
+            let worker_task = tokio::spawn(verimail_worker::run_until(worker.settings(&common), pool, keys, stopped));
+            shutdown_signal().await;
+            let _ = stop.send(true);
+            intake_task.await.context("intake task")??;
+            worker_task.await.context("worker task")??;
         }
         Command::Partner(PartnerCommand::Create { name, customer, suspended }) => {
             let pool = db::pool(&common.db())?;

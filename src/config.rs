@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lettre::message as lettre_mailbox;
 use verimail_core::code::Code;
 use verimail_core::secrets::MasterSecret;
 use verimail_intake::RateLimit;
@@ -200,7 +201,9 @@ impl Worker {
         Ok(Self {
             smtp_url: src.get("SMTP_URL"),
             outbox: read(src, "VERIMAIL_OUTBOX", |s| Ok(PathBuf::from(s)))?,
-            mail_from: read(src, "VERIMAIL_MAIL_FROM", text)?,
+            mail_from: read(src, "VERIMAIL_MAIL_FROM", |s| {
+                s.parse::<lettre_mailbox::Mailbox>().map(|_| s.to_owned()).map_err(|e| format!("not a mailbox: {e}"))
+            })?,
             brand: read(src, "VERIMAIL_BRAND", text)?,
             prefetch: read(src, "VERIMAIL_PREFETCH", number(1, 10_000))?,
             max_attempts: read(src, "VERIMAIL_MAX_ATTEMPTS", number(1, 100))?,
@@ -209,6 +212,29 @@ impl Worker {
             smtp_timeout: read(src, "VERIMAIL_SMTP_TIMEOUT", duration)?,
             shutdown_grace: read(src, "VERIMAIL_SHUTDOWN_GRACE", duration)?,
         })
+    }
+}
+
+impl Worker {
+    pub fn settings(&self, common: &Common) -> verimail_worker::WorkerSettings {
+        // Parsed once in `load`, so this cannot fail.
+        let from = self.mail_from.parse().unwrap_or_else(|_| unreachable!("checked in Worker::load"));
+        verimail_worker::WorkerSettings {
+            amqp_url: common.amqp_url.clone(),
+            prefix: common.amqp_prefix.clone(),
+            retry_delays: common.retry_schedule.clone(),
+            max_attempts: self.max_attempts,
+            prefetch: self.prefetch,
+            lease: self.lease,
+            mail: verimail_worker::mail::MailSettings::new(from, self.brand.clone()),
+            smtp_url: self.smtp_url.clone(),
+            outbox: self.outbox.clone(),
+            smtp_connections: self.smtp_connections,
+            smtp_timeout: self.smtp_timeout,
+            shutdown_grace: self.shutdown_grace,
+            sweep_interval: Duration::from_secs(15),
+            sweep_grace: Duration::from_secs(60),
+        }
     }
 }
 

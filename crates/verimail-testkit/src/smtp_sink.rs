@@ -19,6 +19,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{ServerConfig, crypto::ring::default_provider};
 
 /// Longest line the sink buffers; SMTP allows 1000 octets, so anything larger
 /// is a client bug worth failing loudly on.
@@ -55,6 +58,8 @@ pub struct ReceivedMail {
     /// Which accepted connection (0-based, in accept order) carried it, so
     /// tests can tell connection reuse from reconnects.
     pub connection: usize,
+    /// Whether the transaction ran over TLS (implicit or after STARTTLS).
+    pub tls: bool,
 }
 
 impl ReceivedMail {
@@ -157,6 +162,18 @@ pub struct SinkOptions {
     /// When set, AUTH PLAIN is advertised and MAIL is refused (`530`) until
     /// the client authenticated with exactly this user and password.
     pub credentials: Option<(String, String)>,
+    /// TLS with a fresh self-signed certificate for `127.0.0.1` and
+    /// `localhost` (see [`SmtpSink::certificate_der`]).
+    pub tls: Option<SinkTls>,
+}
+
+/// How the sink offers TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkTls {
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
+    /// Plain greeting, STARTTLS advertised and honoured.
+    StartTls,
 }
 
 /// A running sink. Dropping it stops it.
@@ -173,11 +190,39 @@ struct Server {
 
 struct Shared {
     options: SinkOptions,
+    tls: Option<TlsIdentity>,
     script: Mutex<Script>,
     mails: Mutex<Vec<ReceivedMail>>,
     received: watch::Sender<usize>,
     connections: AtomicUsize,
     auth_attempts: Mutex<Vec<(String, String)>>,
+}
+
+struct TlsIdentity {
+    acceptor: TlsAcceptor,
+    certificate_der: Vec<u8>,
+}
+
+impl TlsIdentity {
+    fn generate() -> Result<Self, Box<dyn std::error::Error>> {
+        let issued = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])?;
+        let certificate = issued.cert.der().clone();
+        let key =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
+        // An explicit provider: the process default may be unset, or ambiguous
+        // if another crate in the build enables a second one.
+        let config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.clone()], key)?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            certificate_der: certificate.to_vec(),
+        })
+    }
 }
 
 struct Script {
@@ -210,8 +255,13 @@ impl SmtpSink {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("SMTP sink: no local address: {e}"));
+        let tls = options.tls.map(|_| {
+            TlsIdentity::generate()
+                .unwrap_or_else(|e| panic!("SMTP sink: cannot make a TLS certificate: {e}"))
+        });
         let shared = Arc::new(Shared {
             options,
+            tls,
             script: Mutex::new(Script {
                 queue: VecDeque::new(),
                 default: Behaviour::Accept,
@@ -233,9 +283,19 @@ impl SmtpSink {
         self.addr
     }
 
-    /// `smtp://127.0.0.1:PORT` (plain, no TLS).
+    /// The URL a client should use: `smtp://127.0.0.1:PORT`, or with TLS
+    /// `smtps://…` (implicit) / `smtp://…?tls=required` (STARTTLS).
     pub fn url(&self) -> String {
-        format!("smtp://{}", self.addr)
+        match self.shared.options.tls {
+            None => format!("smtp://{}", self.addr),
+            Some(SinkTls::Implicit) => format!("smtps://{}", self.addr),
+            Some(SinkTls::StartTls) => format!("smtp://{}?tls=required", self.addr),
+        }
+    }
+
+    /// The sink's self-signed certificate (DER), to add as a trusted root.
+    pub fn certificate_der(&self) -> Option<Vec<u8>> {
+        self.shared.tls.as_ref().map(|t| t.certificate_der.clone())
     }
 
     /// Queues a behaviour for the next message that has none queued yet.
@@ -355,45 +415,87 @@ async fn serve(stream: TcpStream, connection: usize, shared: Arc<Shared>) {
     // Clients under test set TCP_NODELAY; the sink does too, so neither side's
     // Nagle delay shows up in timing-sensitive tests.
     let _ = stream.set_nodelay(true);
-    let mut session = Session {
-        io: BufReader::new(stream),
-        shared,
-        connection,
-        authenticated: false,
-        tx: Transaction::default(),
-    };
+    let acceptor = shared.tls.as_ref().map(|t| t.acceptor.clone());
     // Errors only mean the client went away; there is nobody to tell.
-    let _ = session.run().await;
+    match (shared.options.tls, acceptor) {
+        (Some(SinkTls::Implicit), Some(acceptor)) => {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let _ = Session::new(stream, connection, shared, true)
+                .run(true)
+                .await;
+        }
+        (_, acceptor) => {
+            let plain = Session::new(stream, connection, Arc::clone(&shared), false);
+            let Ok(Some(stream)) = plain.run(true).await else {
+                return;
+            };
+            let Some(acceptor) = acceptor else { return };
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            // RFC 3207: all state is forgotten; the client starts with EHLO.
+            let _ = Session::new(stream, connection, shared, true)
+                .run(false)
+                .await;
+        }
+    }
 }
 
-/// Whether to keep reading commands after one was handled.
+/// What to do after a command was handled.
 enum Flow {
     Continue,
     Close,
+    StartTls,
 }
 
-/// One client connection. `BufReader` over the stream also passes writes
-/// through, so one value serves both directions.
+/// One client connection (or its TLS half after STARTTLS). `BufReader` over
+/// the stream also passes writes through, so one value serves both ways.
 struct Session<S> {
     io: BufReader<S>,
     shared: Arc<Shared>,
     connection: usize,
+    tls: bool,
     authenticated: bool,
     tx: Transaction,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    async fn run(&mut self) -> io::Result<()> {
-        self.reply("220 verimail-testkit ESMTP ready").await?;
+    fn new(stream: S, connection: usize, shared: Arc<Shared>, tls: bool) -> Self {
+        Self {
+            io: BufReader::new(stream),
+            shared,
+            connection,
+            tls,
+            authenticated: false,
+            tx: Transaction::default(),
+        }
+    }
+
+    /// Serves commands until the client leaves; returns the raw stream when
+    /// the client asked for STARTTLS and got the go-ahead.
+    async fn run(mut self, greet: bool) -> io::Result<Option<S>> {
+        if greet {
+            self.reply("220 verimail-testkit ESMTP ready").await?;
+        }
         loop {
             let Some(line) = self.read_line().await? else {
-                return Ok(());
+                return Ok(None);
             };
-            if let Flow::Close = self.command(&line).await? {
-                let _ = self.io.shutdown().await;
-                return Ok(());
+            match self.command(&line).await? {
+                Flow::Continue => {}
+                Flow::Close => {
+                    let _ = self.io.shutdown().await;
+                    return Ok(None);
+                }
+                Flow::StartTls => return Ok(Some(self.io.into_inner())),
             }
         }
+    }
+
+    fn offers_starttls(&self) -> bool {
+        !self.tls && self.shared.options.tls == Some(SinkTls::StartTls)
     }
 
     async fn reply(&mut self, reply: &str) -> io::Result<()> {
@@ -435,6 +537,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "EHLO" => {
                 self.tx = Transaction::default();
                 let mut reply = String::from("250-verimail-testkit\r\n250-8BITMIME\r\n");
+                if self.offers_starttls() {
+                    reply.push_str("250-STARTTLS\r\n");
+                }
                 if self.shared.options.credentials.is_some() {
                     reply.push_str("250-AUTH PLAIN\r\n");
                 }
@@ -460,6 +565,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply("250 2.0.0 OK").await?;
             }
             "NOOP" => self.reply("250 2.0.0 OK").await?,
+            "STARTTLS" if self.offers_starttls() => {
+                self.reply("220 2.0.0 Ready to start TLS").await?;
+                return Ok(Flow::StartTls);
+            }
+            "STARTTLS" => self.reply("502 5.5.1 STARTTLS not available").await?,
             "QUIT" => {
                 self.reply("221 2.0.0 Bye").await?;
                 return Ok(Flow::Close);
@@ -564,6 +674,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             rcpt_to: tx.rcpt_to,
             data,
             connection: self.connection,
+            tls: self.tls,
         };
         match tx.behaviour.unwrap_or(Behaviour::Accept) {
             Behaviour::RejectData(reply) => self.reply(&reply).await?,

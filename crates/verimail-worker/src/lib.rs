@@ -1,1 +1,64 @@
+//! The worker: turns queued dispatch ids into exactly one mail each, or a
+//! recorded failure with its reason.
+
+pub mod consumer;
 pub mod mail;
+pub mod process;
+pub mod settings;
+pub mod store;
+pub mod sweeper;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use verimail_core::secrets::Keys;
+
+pub use process::{Next, Processor};
+pub use settings::WorkerSettings;
+
+/// Runs consumer and sweeper until `shutdown` resolves, then drains.
+pub async fn run(
+    settings: WorkerSettings,
+    pool: PgPool,
+    keys: Keys,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    run_until(settings, pool, keys, stopped).await
+}
+
+/// Like `run`, stopped through a watch channel (for tests and `verimail all`).
+pub async fn run_until(
+    settings: WorkerSettings,
+    pool: PgPool,
+    keys: Keys,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let transport = mail::Transport::from_url(
+        settings.smtp_url.as_deref(),
+        &settings.outbox,
+        settings.smtp_connections,
+        settings.smtp_timeout,
+        settings.smtp_timeout,
+    )
+    .context("setting up the mail transport")?;
+    tracing::info!(transport = %transport, "mail transport ready");
+    let processor = Arc::new(Processor {
+        pool,
+        keys,
+        transport,
+        settings: Arc::new(settings),
+    });
+    let sweeper = tokio::spawn(sweeper::run(processor.clone(), stopped.clone()));
+    let result = consumer::run(processor.clone(), stopped).await;
+    sweeper.abort();
+    processor.transport.close().await;
+    result
+}

@@ -120,3 +120,135 @@ impl fmt::Debug for Transport {
         f.debug_tuple("Transport").field(&self.to_string()).finish()
     }
 }
+
+/// TLS paths end to end. Here rather than in `tests/` because trusting the
+/// sink's self-signed certificate needs the private config types.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tls_tests {
+    use std::time::Instant;
+
+    use lettre::transport::smtp::client::{Certificate, TlsParameters};
+    use verimail_testkit::smtp_sink::{SinkOptions, SinkTls, SmtpSink};
+
+    use super::config::Security;
+    use super::*;
+    use crate::mail::{CodeMail, MailSettings, render};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn message() -> Message {
+        let settings = MailSettings::new("no-reply@mail.example.com".parse().unwrap(), "Acme");
+        let mail = CodeMail {
+            dispatch_id: uuid::Uuid::now_v7(),
+            to: "user@example.org",
+            lang: verimail_core::Lang::ZhCn,
+            code: "246810",
+            valid_minutes: 5,
+        };
+        render(&settings, &mail).unwrap()
+    }
+
+    async fn sink(tls: SinkTls, credentials: bool) -> SmtpSink {
+        SmtpSink::start_with(SinkOptions {
+            credentials: credentials.then(|| ("user".to_owned(), "pa:ss".to_owned())),
+            tls: Some(tls),
+        })
+        .await
+    }
+
+    /// A transport for `url` that trusts the sink's certificate.
+    fn trusting(sink: &SmtpSink, url: &str) -> Transport {
+        let mut config = SmtpConfig::parse(url).unwrap();
+        let root = Certificate::from_der(sink.certificate_der().unwrap()).unwrap();
+        let tls = TlsParameters::builder(config.host.clone())
+            .add_root_certificate(root)
+            .build_rustls()
+            .unwrap();
+        config.security = match config.security {
+            Security::Implicit(_) => Security::Implicit(tls),
+            Security::Required(_) => Security::Required(tls),
+            Security::Opportunistic(_) => Security::Opportunistic(tls),
+            Security::Plain => Security::Plain,
+        };
+        let pool = Pool::new(config, 2, Duration::from_secs(5), Duration::from_secs(5));
+        Transport {
+            inner: Inner::Smtp(pool),
+        }
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_with_auth_delivers_and_reuses_the_session() {
+        let sink = sink(SinkTls::Implicit, true).await;
+        let url = format!("smtps://user:pa%3Ass@{}", sink.addr());
+        let transport = trusting(&sink, &url);
+        let msg = message();
+        transport.send(&msg).await.unwrap();
+
+        let n: u32 = 20;
+        let started = Instant::now();
+        for _ in 0..n {
+            transport.send(&msg).await.unwrap();
+        }
+        // Same delayed-ACK guard as the plain test, through the TLS layers.
+        let per_mail = started.elapsed() / n;
+        assert!(
+            per_mail < Duration::from_millis(15),
+            "{per_mail:?} per mail"
+        );
+
+        let mails = sink.wait_for(21, WAIT).await;
+        assert!(mails.iter().all(|m| m.tls && m.connection == 0));
+        assert!(mails[0].text().unwrap().contains("246810"));
+        assert_eq!(
+            sink.auth_attempts(),
+            [("user".to_owned(), "pa:ss".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn required_starttls_upgrades_before_auth() {
+        let sink = sink(SinkTls::StartTls, true).await;
+        let url = format!("smtp://user:pa%3Ass@{}?tls=required", sink.addr());
+        trusting(&sink, &url).send(&message()).await.unwrap();
+        let mails = sink.wait_for(1, WAIT).await;
+        assert!(mails[0].tls);
+    }
+
+    #[tokio::test]
+    async fn opportunistic_tls_upgrades_when_offered() {
+        let sink = sink(SinkTls::StartTls, false).await;
+        let url = format!("smtp://{}?tls=opportunistic", sink.addr());
+        trusting(&sink, &url).send(&message()).await.unwrap();
+        assert!(sink.wait_for(1, WAIT).await[0].tls);
+    }
+
+    #[tokio::test]
+    async fn untrusted_certificates_are_refused() {
+        let implicit = sink(SinkTls::Implicit, false).await;
+        let transport = Transport::from_url(
+            Some(&implicit.url()),
+            std::path::Path::new("unused"),
+            1,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = transport.send(&message()).await.unwrap_err();
+        assert!(err.is_transient());
+        assert!(err.reason().starts_with("TLS handshake: "), "{err}");
+
+        let starttls = sink(SinkTls::StartTls, false).await;
+        let transport = Transport::from_url(
+            Some(&starttls.url()),
+            std::path::Path::new("unused"),
+            1,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = transport.send(&message()).await.unwrap_err();
+        assert!(err.reason().starts_with("STARTTLS: "), "{err}");
+        assert!(implicit.messages().is_empty() && starttls.messages().is_empty());
+    }
+}

@@ -1,0 +1,233 @@
+//! The broker side: consume with manual acks and a bounded prefetch, run
+//! `Processor::process` per message concurrently, ack only after the outcome
+//! is committed, park retries in delay queues, dead-letter what cannot be
+//! decoded. Reconnects by itself; on shutdown it stops consuming, lets
+//! in-flight messages finish within the grace period, and hands back the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use verimail_core::DispatchMessage;
+use verimail_core::amqp::{self, Topology};
+
+use crate::process::{Next, Processor};
+
+/// Waits after an infrastructure error before the message is handed back, so
+/// an outage does not become a hot redelivery loop.
+const INFRA_BACKOFF: Duration = Duration::from_secs(1);
+
+pub async fn run(
+    processor: Arc<Processor>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let settings = processor.settings.clone();
+    let topology = Topology::new(settings.prefix.clone());
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        match session(&processor, &topology, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "consumer session ended; reconnecting"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(INFRA_BACKOFF) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// One connection's worth of consuming. `Ok` only after a clean shutdown.
+async fn session(
+    processor: &Arc<Processor>,
+    topology: &Topology,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let settings = &processor.settings;
+    let connection = amqp::connect(&settings.amqp_url, Duration::from_secs(10)).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening the consumer channel")?;
+    let publisher = connection
+        .create_channel()
+        .await
+        .context("opening the publisher channel")?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("enabling confirms")?;
+    topology.declare(&channel, &settings.retry_delays).await?;
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await
+        .context("setting the prefetch")?;
+    let mut consumer = channel
+        .basic_consume(
+            topology.dispatch_queue().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("starting to consume")?;
+    tracing::info!(
+        queue = topology.dispatch_queue(),
+        prefetch = settings.prefetch,
+        "worker consuming"
+    );
+
+    let mut in_flight = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Err(error) = done {
+                    tracing::error!(error = %error, "a message task panicked");
+                }
+            }
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    let processor = processor.clone();
+                    let publisher = publisher.clone();
+                    let topology = topology.clone();
+                    in_flight.spawn(async move { handle(&processor, &publisher, &topology, delivery).await });
+                }
+                Some(Err(error)) => break Err(anyhow::Error::from(error).context("consuming")),
+                None => break Err(anyhow::anyhow!("the broker ended the consumer")),
+            },
+        }
+    };
+
+    if result.is_ok() {
+        // Stop new deliveries, then let the ones in hand finish.
+        let tag = consumer.tag();
+        let _ = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await;
+        let drained = tokio::time::timeout(settings.shutdown_grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = in_flight.len(),
+                "grace period over; unfinished messages go back to the queue"
+            );
+            in_flight.abort_all();
+        }
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = connection.close(200, "shutdown".into()).await;
+        tracing::info!("worker stopped consuming");
+    } else {
+        // Unacked messages return to the queue when the channel dies.
+        in_flight.abort_all();
+    }
+    result
+}
+
+async fn handle(
+    processor: &Processor,
+    publisher: &Channel,
+    topology: &Topology,
+    delivery: Delivery,
+) {
+    if let Err(error) = handle_inner(processor, publisher, topology, &delivery).await {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "processing failed; the message goes back to the queue"
+        );
+        tokio::time::sleep(INFRA_BACKOFF).await;
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        if let Err(error) = delivery.nack(requeue).await {
+            tracing::warn!(error = %error, "nack failed; the broker will redeliver on reconnect");
+        }
+    }
+}
+
+async fn handle_inner(
+    processor: &Processor,
+    publisher: &Channel,
+    topology: &Topology,
+    delivery: &Delivery,
+) -> anyhow::Result<()> {
+    let message = match DispatchMessage::decode(&delivery.data) {
+        Ok(message) => message,
+        Err(error) => return dead_letter(delivery, &error.to_string()).await,
+    };
+    match processor.process(message.dispatch_id).await? {
+        Next::Ack => {}
+        Next::Park(wait) => park(processor, publisher, topology, message, wait).await?,
+        Next::DeadLetter(reason) => return dead_letter(delivery, &reason).await,
+    }
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .context("acking")?;
+    Ok(())
+}
+
+async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
+    tracing::warn!(reason, "message sent to the dead-letter queue");
+    // The dispatch queue's dead-letter exchange takes it; it is never requeued.
+    let options = BasicNackOptions {
+        requeue: false,
+        ..Default::default()
+    };
+    delivery.nack(options).await.context("dead-lettering")?;
+    Ok(())
+}
+
+/// Publishes the message to the delay queue that waits at least `wait`;
+/// it dead-letters back to the dispatch queue when its TTL runs out.
+async fn park(
+    processor: &Processor,
+    publisher: &Channel,
+    topology: &Topology,
+    message: DispatchMessage,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let delay = processor.settings.park_delay(wait);
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(message.dispatch_id.to_string().into());
+    let confirmation = publisher
+        .basic_publish(
+            topology.retry_exchange().into(),
+            Topology::retry_routing_key(delay).into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &message.encode(),
+            properties,
+        )
+        .await
+        .context("parking for retry")?
+        .await
+        .context("waiting for the retry confirm")?;
+    if confirmation.is_nack() || confirmation.take_message().is_some() {
+        anyhow::bail!("the broker did not take the retry message");
+    }
+    Ok(())
+}
