@@ -15,7 +15,11 @@ use crate::config::{self, ConfigError, ProcessEnv, Source};
 use crate::telemetry;
 
 #[derive(Parser)]
-#[command(name = "verimail", version, about = "Email verification codes, queued and delivered once.")]
+#[command(
+    name = "verimail",
+    version,
+    about = "Email verification codes, queued and delivered once."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,7 +73,9 @@ enum TokenCommand {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = ProcessEnv;
-    let json_logs = env.get("VERIMAIL_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let json_logs = env
+        .get("VERIMAIL_LOG_FORMAT")
+        .is_some_and(|f| f.eq_ignore_ascii_case("json"));
     telemetry::init(json_logs);
     match run(cli.command, &env).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,7 +107,8 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             let intake = config::Intake::load(env)?;
             let keys = Keys::derive(&config::require_secret(env)?);
             let pool = db::pool(&common.db())?;
-            let app = verimail_intake::Application::build(intake.settings(&common), pool, keys).await?;
+            let app =
+                verimail_intake::Application::build(intake.settings(&common), pool, keys).await?;
             app.run_until(shutdown_signal()).await?;
         }
         Command::Worker => {
@@ -127,33 +134,57 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             let pool = db::pool(&common.db())?;
             db::migrate(&pool).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let app = verimail_intake::Application::build(intake.settings(&common), pool.clone(), keys.clone()).await?;
+            let app = verimail_intake::Application::build(
+                intake.settings(&common),
+                pool.clone(),
+                keys.clone(),
+            )
+            .await?;
             let mut intake_stopped = stopped.clone();
             let intake_task = tokio::spawn(app.run_until(async move {
                 let _ = intake_stopped.wait_for(|s| *s).await;
             }));
-            let worker_task = tokio::spawn(verimail_worker::run_until(worker.settings(&common), pool, keys, stopped));
+            let worker_task = tokio::spawn(verimail_worker::run_until(
+                worker.settings(&common),
+                pool,
+                keys,
+                stopped,
+            ));
             shutdown_signal().await;
             let _ = stop.send(true);
             intake_task.await.context("intake task")??;
             worker_task.await.context("worker task")??;
         }
-        Command::Partner(PartnerCommand::Create { name, customer, suspended }) => {
+        Command::Partner(PartnerCommand::Create {
+            name,
+            customer,
+            suspended,
+        }) => {
             let pool = db::pool(&common.db())?;
-            let kind = if customer { AccountKind::Customer } else { AccountKind::Partner };
+            let kind = if customer {
+                AccountKind::Customer
+            } else {
+                AccountKind::Partner
+            };
             let id = accounts::create_partner(&pool, &name, kind, suspended).await?;
-            print(json!({"partner_id": id, "name": name, "kind": if customer { "customer" } else { "partner" },
-                         "status": if suspended { "suspended" } else { "active" }}));
+            print(
+                json!({"partner_id": id, "name": name, "kind": if customer { "customer" } else { "partner" },
+                         "status": if suspended { "suspended" } else { "active" }}),
+            );
         }
         Command::Token(TokenCommand::Issue { partner, ttl }) => {
             let pool = db::pool(&common.db())?;
             let issued = accounts::issue_token(&pool, partner, ttl).await?;
-            let expires_at = issued.expires_at.format(&time::format_description::well_known::Rfc3339)?;
+            let expires_at = issued
+                .expires_at
+                .format(&time::format_description::well_known::Rfc3339)?;
             print(json!({"token": issued.token, "partner_id": partner, "expires_at": expires_at}));
         }
         Command::Token(TokenCommand::Revoke { token }) => {
             let pool = db::pool(&common.db())?;
-            let revoked = accounts::revoke_token(&pool, &token).await.context("revoking")?;
+            let revoked = accounts::revoke_token(&pool, &token)
+                .await
+                .context("revoking")?;
             if !revoked {
                 anyhow::bail!("no live token matches");
             }

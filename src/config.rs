@@ -13,27 +13,99 @@ use verimail_intake::RateLimit;
 /// Every variable the binary reads: name, default, meaning. The README table
 /// and `.env.example` are checked against this list by a test.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("DATABASE_URL", "postgres://localhost/verimail", "Postgres connection URL"),
-    ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", "RabbitMQ connection URL"),
-    ("VERIMAIL_AMQP_PREFIX", "verimail", "prefix of every exchange and queue name"),
-    ("VERIMAIL_SECRET", "", "master secret, base64 of at least 32 bytes; intake and worker must share it"),
-    ("VERIMAIL_LISTEN", "127.0.0.1:8080", "address the intake listens on"),
-    ("VERIMAIL_PUBLISH_TIMEOUT", "2s", "longest wait for a publisher confirm"),
-    ("VERIMAIL_RATE_LIMIT", "15/60", "sends per recipient per rolling hour / day"),
+    (
+        "DATABASE_URL",
+        "postgres://localhost/verimail",
+        "Postgres connection URL",
+    ),
+    (
+        "AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "RabbitMQ connection URL",
+    ),
+    (
+        "VERIMAIL_AMQP_PREFIX",
+        "verimail",
+        "prefix of every exchange and queue name",
+    ),
+    (
+        "VERIMAIL_SECRET",
+        "",
+        "master secret, base64 of at least 32 bytes; intake and worker must share it",
+    ),
+    (
+        "VERIMAIL_LISTEN",
+        "127.0.0.1:8080",
+        "address the intake listens on",
+    ),
+    (
+        "VERIMAIL_PUBLISH_TIMEOUT",
+        "2s",
+        "longest wait for a publisher confirm",
+    ),
+    (
+        "VERIMAIL_RATE_LIMIT",
+        "15/60",
+        "sends per recipient per rolling hour / day",
+    ),
     ("VERIMAIL_CODE_LENGTH", "6", "digits in a code (4..=10)"),
-    ("VERIMAIL_DB_POOL_SIZE", "16", "Postgres connections per process"),
-    ("VERIMAIL_DB_ACQUIRE_TIMEOUT", "2s", "longest wait for a Postgres connection"),
-    ("SMTP_URL", "", "smtp://host:port, smtps://user:pass@host, smtp://host?tls=required; unset writes .eml files"),
-    ("VERIMAIL_OUTBOX", "./outbox", "where .eml files go when SMTP_URL is unset"),
-    ("VERIMAIL_MAIL_FROM", "verimail <no-reply@verimail.localhost>", "sender mailbox"),
+    (
+        "VERIMAIL_DB_POOL_SIZE",
+        "16",
+        "Postgres connections per process",
+    ),
+    (
+        "VERIMAIL_DB_ACQUIRE_TIMEOUT",
+        "2s",
+        "longest wait for a Postgres connection",
+    ),
+    (
+        "SMTP_URL",
+        "",
+        "smtp://host:port, smtps://user:pass@host, smtp://host?tls=required; unset writes .eml files",
+    ),
+    (
+        "VERIMAIL_OUTBOX",
+        "./outbox",
+        "where .eml files go when SMTP_URL is unset",
+    ),
+    (
+        "VERIMAIL_MAIL_FROM",
+        "verimail <no-reply@verimail.localhost>",
+        "sender mailbox",
+    ),
     ("VERIMAIL_BRAND", "verimail", "brand name shown in the mail"),
-    ("VERIMAIL_PREFETCH", "32", "messages a worker holds (and sends) at once"),
-    ("VERIMAIL_RETRY_SCHEDULE", "5s,30s,2m,5m", "waits between SMTP attempts"),
+    (
+        "VERIMAIL_PREFETCH",
+        "32",
+        "messages a worker holds (and sends) at once",
+    ),
+    (
+        "VERIMAIL_RETRY_SCHEDULE",
+        "5s,30s,2m,5m",
+        "waits between SMTP attempts",
+    ),
     ("VERIMAIL_MAX_ATTEMPTS", "5", "SMTP attempts in all"),
-    ("VERIMAIL_LEASE", "60s", "how long a worker's claim on a dispatch lasts"),
-    ("VERIMAIL_SMTP_CONNECTIONS", "8", "SMTP connections a worker keeps"),
-    ("VERIMAIL_SMTP_TIMEOUT", "10s", "connect and per-command SMTP timeout"),
-    ("VERIMAIL_SHUTDOWN_GRACE", "10s", "how long in-flight sends may finish on SIGTERM"),
+    (
+        "VERIMAIL_LEASE",
+        "60s",
+        "how long a worker's claim on a dispatch lasts",
+    ),
+    (
+        "VERIMAIL_SMTP_CONNECTIONS",
+        "8",
+        "SMTP connections a worker keeps",
+    ),
+    (
+        "VERIMAIL_SMTP_TIMEOUT",
+        "10s",
+        "connect and per-command SMTP timeout",
+    ),
+    (
+        "VERIMAIL_SHUTDOWN_GRACE",
+        "10s",
+        "how long in-flight sends may finish on SIGTERM",
+    ),
     ("RUST_LOG", "info", "log filter"),
     ("VERIMAIL_LOG_FORMAT", "text", "text or json"),
 ];
@@ -60,25 +132,43 @@ impl Source for ProcessEnv {
 
 impl Source for std::collections::HashMap<String, String> {
     fn get(&self, name: &str) -> Option<String> {
-        std::collections::HashMap::get(self, name).cloned().filter(|v| !v.trim().is_empty())
+        std::collections::HashMap::get(self, name)
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
     }
 }
 
 pub fn default_of(name: &str) -> &'static str {
-    VARIABLES.iter().find(|(n, _, _)| *n == name).map(|(_, d, _)| *d).unwrap_or("")
+    VARIABLES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, d, _)| *d)
+        .unwrap_or("")
 }
 
-fn read<T>(src: &dyn Source, var: &'static str, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+fn read<T>(
+    src: &dyn Source,
+    var: &'static str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
     let raw = src.get(var).unwrap_or_else(|| default_of(var).to_owned());
     parse(raw.trim()).map_err(|problem| ConfigError { var, problem })
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected a duration like 2s, 5m)"))?;
-    if d.is_zero() { Err("must be more than zero".into()) } else { Ok(d) }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected a duration like 2s, 5m)"))?;
+    if d.is_zero() {
+        Err("must be more than zero".into())
+    } else {
+        Ok(d)
+    }
 }
 
-fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> {
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    min: T,
+    max: T,
+) -> impl Fn(&str) -> Result<T, String> {
     move |s| match s.parse::<T>() {
         Ok(v) if v >= min && v <= max => Ok(v),
         _ => Err(format!("expected a number from {min} to {max}")),
@@ -113,13 +203,17 @@ impl Common {
                 }
             })?,
             amqp_prefix: read(src, "VERIMAIL_AMQP_PREFIX", |s| {
-                if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                if s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
                     Ok(s.to_owned())
                 } else {
                     Err("use letters, digits, '-', '_' and '.' only".into())
                 }
             })?,
-            retry_schedule: read(src, "VERIMAIL_RETRY_SCHEDULE", |s| s.split(',').map(|d| duration(d.trim())).collect())?,
+            retry_schedule: read(src, "VERIMAIL_RETRY_SCHEDULE", |s| {
+                s.split(',').map(|d| duration(d.trim())).collect()
+            })?,
         })
     }
 
@@ -138,7 +232,10 @@ pub fn secret(src: &dyn Source) -> Result<Option<MasterSecret>, ConfigError> {
         None => Ok(None),
         Some(raw) => MasterSecret::from_base64(&raw)
             .map(Some)
-            .map_err(|e| ConfigError { var: "VERIMAIL_SECRET", problem: e.to_string() }),
+            .map_err(|e| ConfigError {
+                var: "VERIMAIL_SECRET",
+                problem: e.to_string(),
+            }),
     }
 }
 
@@ -160,10 +257,17 @@ pub struct Intake {
 impl Intake {
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
-            listen: read(src, "VERIMAIL_LISTEN", |s| s.parse().map_err(|_| "expected HOST:PORT, like 127.0.0.1:8080".into()))?,
+            listen: read(src, "VERIMAIL_LISTEN", |s| {
+                s.parse()
+                    .map_err(|_| "expected HOST:PORT, like 127.0.0.1:8080".into())
+            })?,
             publish_timeout: read(src, "VERIMAIL_PUBLISH_TIMEOUT", duration)?,
             rate_limit: read(src, "VERIMAIL_RATE_LIMIT", RateLimit::parse)?,
-            code_length: read(src, "VERIMAIL_CODE_LENGTH", number(*Code::LEN_RANGE.start(), *Code::LEN_RANGE.end()))?,
+            code_length: read(
+                src,
+                "VERIMAIL_CODE_LENGTH",
+                number(*Code::LEN_RANGE.start(), *Code::LEN_RANGE.end()),
+            )?,
         })
     }
 
@@ -202,7 +306,9 @@ impl Worker {
             smtp_url: src.get("SMTP_URL"),
             outbox: read(src, "VERIMAIL_OUTBOX", |s| Ok(PathBuf::from(s)))?,
             mail_from: read(src, "VERIMAIL_MAIL_FROM", |s| {
-                s.parse::<lettre_mailbox::Mailbox>().map(|_| s.to_owned()).map_err(|e| format!("not a mailbox: {e}"))
+                s.parse::<lettre_mailbox::Mailbox>()
+                    .map(|_| s.to_owned())
+                    .map_err(|e| format!("not a mailbox: {e}"))
             })?,
             brand: read(src, "VERIMAIL_BRAND", text)?,
             prefetch: read(src, "VERIMAIL_PREFETCH", number(1, 10_000))?,
@@ -218,7 +324,10 @@ impl Worker {
 impl Worker {
     pub fn settings(&self, common: &Common) -> verimail_worker::WorkerSettings {
         // Parsed once in `load`, so this cannot fail.
-        let from = self.mail_from.parse().unwrap_or_else(|_| unreachable!("checked in Worker::load"));
+        let from = self
+            .mail_from
+            .parse()
+            .unwrap_or_else(|_| unreachable!("checked in Worker::load"));
         verimail_worker::WorkerSettings {
             amqp_url: common.amqp_url.clone(),
             prefix: common.amqp_prefix.clone(),
@@ -245,7 +354,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -254,7 +366,10 @@ mod tests {
         let common = Common::load(&empty).expect("defaults load");
         assert_eq!(common.database_url, "postgres://localhost/verimail");
         assert_eq!(common.amqp_prefix, "verimail");
-        assert_eq!(common.retry_schedule, [5, 30, 120, 300].map(Duration::from_secs));
+        assert_eq!(
+            common.retry_schedule,
+            [5, 30, 120, 300].map(Duration::from_secs)
+        );
         let intake = Intake::load(&empty).expect("defaults load");
         assert_eq!(intake.publish_timeout, Duration::from_secs(2));
         assert_eq!(intake.rate_limit, RateLimit::DEFAULT);
@@ -274,13 +389,24 @@ mod tests {
         for (var, value) in cases {
             let error = Intake::load(&env(&[(var, value)])).expect_err(var);
             let line = error.to_string();
-            assert!(line.starts_with(&format!("invalid {var}: ")) && !line.contains('\n'), "{line}");
+            assert!(
+                line.starts_with(&format!("invalid {var}: ")) && !line.contains('\n'),
+                "{line}"
+            );
         }
         let error = Common::load(&env(&[("AMQP_URL", "http://x")])).expect_err("bad url");
         assert_eq!(error.var, "AMQP_URL");
         let error = Worker::load(&env(&[("VERIMAIL_PREFETCH", "0")])).expect_err("zero prefetch");
         assert_eq!(error.var, "VERIMAIL_PREFETCH");
-        assert_eq!(require_secret(&env(&[])).expect_err("missing").var, "VERIMAIL_SECRET");
-        assert_eq!(require_secret(&env(&[("VERIMAIL_SECRET", "c2hvcnQ=")])).expect_err("short").var, "VERIMAIL_SECRET");
+        assert_eq!(
+            require_secret(&env(&[])).expect_err("missing").var,
+            "VERIMAIL_SECRET"
+        );
+        assert_eq!(
+            require_secret(&env(&[("VERIMAIL_SECRET", "c2hvcnQ=")]))
+                .expect_err("short")
+                .var,
+            "VERIMAIL_SECRET"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! Token authentication outcomes (SPEC §2): 401 / 403 / CBC.99000035.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -19,9 +21,18 @@ async fn token_outcomes_follow_the_spec() {
     let suspended = partner(&db.pool, AccountKind::Partner, true).await;
     let customer = partner(&db.pool, AccountKind::Customer, false).await;
     let revoked = partner(&db.pool, AccountKind::Partner, false).await;
-    assert!(accounts::revoke_token(&db.pool, &revoked.token).await.unwrap());
-    let expired_id = accounts::create_partner(&db.pool, "old", AccountKind::Partner, false).await.unwrap();
-    let expired = accounts::issue_token(&db.pool, expired_id, Duration::from_millis(1)).await.unwrap().token;
+    assert!(
+        accounts::revoke_token(&db.pool, &revoked.token)
+            .await
+            .unwrap()
+    );
+    let expired_id = accounts::create_partner(&db.pool, "old", AccountKind::Partner, false)
+        .await
+        .unwrap();
+    let expired = accounts::issue_token(&db.pool, expired_id, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .token;
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let cases: Vec<(&str, Option<&str>, u16, &str)> = vec![
@@ -31,7 +42,12 @@ async fn token_outcomes_follow_the_spec() {
         ("expired token", Some(&expired), 401, "CBC.0154"),
         ("revoked token", Some(&revoked.token), 401, "CBC.0154"),
         ("suspended partner", Some(&suspended.token), 403, "CBC.0151"),
-        ("customer account", Some(&customer.token), 400, "CBC.99000035"),
+        (
+            "customer account",
+            Some(&customer.token),
+            400,
+            "CBC.99000035",
+        ),
     ];
     for (name, token, status, code) in cases {
         let mut request = intake.client.post(intake.url(SEND_PATH)).json(&body);
@@ -39,17 +55,37 @@ async fn token_outcomes_follow_the_spec() {
             request = request.header("X-Auth-Token", token);
         }
         let reply = Reply::read(request.send().await.unwrap()).await;
-        assert_eq!((reply.status, reply.error_code().as_deref()), (status, Some(code)), "{name}: {}", reply.body);
+        assert_eq!(
+            (reply.status, reply.error_code().as_deref()),
+            (status, Some(code)),
+            "{name}: {}",
+            reply.body
+        );
         assert!(reply.request_id.is_some());
     }
     // Authentication comes before parameters: a bad body with no token is a 401.
-    let reply = Reply::read(intake.client.post(intake.url(SEND_PATH)).body("{").send().await.unwrap()).await;
+    let reply = Reply::read(
+        intake
+            .client
+            .post(intake.url(SEND_PATH))
+            .body("{")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.error_code().as_deref(), Some("CBC.0154"));
-    assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 0, "refused callers write nothing");
+    assert_eq!(
+        db.count("SELECT count(*) FROM dispatches").await,
+        0,
+        "refused callers write nothing"
+    );
 
     assert_eq!(intake.send(&live.token, &body).await.status, 204);
     // Suspending takes effect for the next request.
-    accounts::set_suspended(&db.pool, live.id, true).await.unwrap();
+    accounts::set_suspended(&db.pool, live.id, true)
+        .await
+        .unwrap();
     let reply = intake.send(&live.token, &body).await;
     assert_eq!(reply.error_code().as_deref(), Some("CBC.0151"));
     broker.cleanup().await;
@@ -59,8 +95,15 @@ async fn token_outcomes_follow_the_spec() {
 async fn tokens_are_stored_only_as_digests() {
     let db = TestDb::new().await;
     let p = partner(&db.pool, AccountKind::Partner, false).await;
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM tokens").fetch_all(&db.pool).await.unwrap();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM tokens")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 1);
     assert_ne!(stored[0], p.token.as_bytes());
-    assert!(!stored[0].windows(8).any(|w| p.token.as_bytes().windows(8).any(|t| t == w)));
+    assert!(
+        !stored[0]
+            .windows(8)
+            .any(|w| p.token.as_bytes().windows(8).any(|t| t == w))
+    );
 }

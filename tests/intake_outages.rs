@@ -1,6 +1,8 @@
 //! Outages of RabbitMQ and Postgres under a running intake, staged with a
 //! cuttable proxy so the shared servers keep running.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::SocketAddr;
@@ -21,7 +23,17 @@ fn target(url: &str) -> SocketAddr {
     let url = url::Url::parse(url).unwrap();
     let host = url.host_str().unwrap();
     let port = url.port_or_known_default().unwrap_or(5672);
-    format!("{}:{}", if host == "localhost" { "127.0.0.1" } else { host }, port).parse().unwrap()
+    format!(
+        "{}:{}",
+        if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        },
+        port
+    )
+    .parse()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,15 +47,29 @@ async fn broker_outage_answers_handoff_failed_quickly_then_recovers() {
     let intake = TestIntake::spawn(settings, &db.url).await;
     let p = partner(&db.pool, AccountKind::Partner, false).await;
 
-    assert_eq!(intake.send(&p.token, &valid_body("up@example.com")).await.status, 204);
+    assert_eq!(
+        intake
+            .send(&p.token, &valid_body("up@example.com"))
+            .await
+            .status,
+        204
+    );
 
     proxy.cut();
     let mut failed_ids = Vec::new();
     for i in 0..20 {
         let started = Instant::now();
         let reply = intake.send(&p.token, &valid_body("down@example.com")).await;
-        assert_eq!(reply.error_code().as_deref(), Some("CBC.99004003"), "attempt {i}: {}", reply.body);
-        assert!(started.elapsed() < Duration::from_millis(800) + Duration::from_millis(700), "bounded by the publish timeout");
+        assert_eq!(
+            reply.error_code().as_deref(),
+            Some("CBC.99004003"),
+            "attempt {i}: {}",
+            reply.body
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(800) + Duration::from_millis(700),
+            "bounded by the publish timeout"
+        );
         failed_ids.push(reply.request_id.unwrap());
     }
     // Twenty failures did not use up the limit of 15, and each row says why.
@@ -69,7 +95,10 @@ async fn broker_outage_answers_handoff_failed_quickly_then_recovers() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(recovered, "the same intake answers 204 once the broker is back");
+    assert!(
+        recovered,
+        "the same intake answers 204 once the broker is back"
+    );
     // The failed attempts left no messages; the two accepted ones are queued.
     assert_eq!(broker.drain_dispatches().await.len(), 2);
     broker.cleanup().await;
@@ -81,9 +110,19 @@ async fn postgres_outage_fails_fast_with_a_cbc_error_then_recovers() {
     let prefix = unique_prefix();
     let broker = Broker::connect(&prefix).await;
     let proxy = Proxy::start(target(&db.url)).await;
-    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url_via(proxy.addr())).await;
+    let intake = TestIntake::spawn(
+        intake_settings(amqp_url(), &prefix),
+        &db.url_via(proxy.addr()),
+    )
+    .await;
     let p = partner(&db.pool, AccountKind::Partner, false).await;
-    assert_eq!(intake.send(&p.token, &valid_body("pg@example.com")).await.status, 204);
+    assert_eq!(
+        intake
+            .send(&p.token, &valid_body("pg@example.com"))
+            .await
+            .status,
+        204
+    );
 
     proxy.cut();
     for i in 0..3 {
@@ -92,22 +131,46 @@ async fn postgres_outage_fails_fast_with_a_cbc_error_then_recovers() {
         assert!(reply.status >= 400, "attempt {i}");
         let code = reply.error_code().unwrap_or_default();
         assert!(code.starts_with("CBC."), "attempt {i}: {}", reply.body);
-        assert!(!reply.body.contains("sqlx") && !reply.body.contains("connection"), "no internals leak: {}", reply.body);
+        assert!(
+            !reply.body.contains("sqlx") && !reply.body.contains("connection"),
+            "no internals leak: {}",
+            reply.body
+        );
         // Acquire timeout is 1 s in tests; allow scheduling slack.
-        assert!(started.elapsed() < Duration::from_secs(4), "attempt {i} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "attempt {i} took {:?}",
+            started.elapsed()
+        );
     }
-    let ready = Reply::read(intake.client.get(intake.url("/readyz")).send().await.unwrap()).await;
+    let ready = Reply::read(
+        intake
+            .client
+            .get(intake.url("/readyz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(ready.status, 503);
 
     proxy.restore();
     let mut recovered = false;
     for _ in 0..40 {
-        if intake.send(&p.token, &valid_body("pg@example.com")).await.status == 204 {
+        if intake
+            .send(&p.token, &valid_body("pg@example.com"))
+            .await
+            .status
+            == 204
+        {
             recovered = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(recovered, "the same intake answers 204 once Postgres is back");
+    assert!(
+        recovered,
+        "the same intake answers 204 once Postgres is back"
+    );
     broker.cleanup().await;
 }

@@ -1,6 +1,8 @@
 //! The send endpoint against the real Postgres and RabbitMQ: every rule of
 //! the SPEC §2 table over HTTP, and what a 204 or a rejection leaves behind.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::{Value, json};
@@ -20,11 +22,17 @@ async fn env() -> Env {
     let broker = Broker::connect(&prefix).await;
     let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
     let partner = partner(&db.pool, AccountKind::Partner, false).await;
-    Env { db, broker, intake, partner }
+    Env {
+        db,
+        broker,
+        intake,
+        partner,
+    }
 }
 
 fn with(overrides: Value) -> Value {
-    let mut body = json!({"receiver_type": 2, "timeout": 5, "email": "user@example.com", "lang": "en-us"});
+    let mut body =
+        json!({"receiver_type": 2, "timeout": 5, "email": "user@example.com", "lang": "en-us"});
     for (k, v) in overrides.as_object().unwrap() {
         if v == "<absent>" {
             body.as_object_mut().unwrap().remove(k);
@@ -41,10 +49,22 @@ async fn every_rule_of_the_spec_table_is_answered_over_http() {
     let email64 = format!("{}@example.com", "a".repeat(52));
     let email65 = format!("{}@example.com", "a".repeat(53));
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("receiver_type absent", json!({"receiver_type": "<absent>"}), "CBC.0100"),
-        ("receiver_type null", json!({"receiver_type": null}), "CBC.0100"),
+        (
+            "receiver_type absent",
+            json!({"receiver_type": "<absent>"}),
+            "CBC.0100",
+        ),
+        (
+            "receiver_type null",
+            json!({"receiver_type": null}),
+            "CBC.0100",
+        ),
         ("receiver_type 1", json!({"receiver_type": 1}), "CBC.0100"),
-        ("receiver_type string", json!({"receiver_type": "2"}), "CBC.0100"),
+        (
+            "receiver_type string",
+            json!({"receiver_type": "2"}),
+            "CBC.0100",
+        ),
         ("timeout 0", json!({"timeout": 0}), "CBC.0100"),
         ("timeout -5", json!({"timeout": -5}), "CBC.0100"),
         ("timeout 3001", json!({"timeout": 3001}), "CBC.0100"),
@@ -54,40 +74,128 @@ async fn every_rule_of_the_spec_table_is_answered_over_http() {
         ("email null", json!({"email": null}), "CBC.99004004"),
         ("email empty", json!({"email": ""}), "CBC.99004004"),
         ("email blank", json!({"email": "  "}), "CBC.99004004"),
-        ("email bad syntax", json!({"email": "not-an-email"}), "CBC.99004004"),
-        ("email without dotted domain", json!({"email": "a@localhost"}), "CBC.99004004"),
+        (
+            "email bad syntax",
+            json!({"email": "not-an-email"}),
+            "CBC.99004004",
+        ),
+        (
+            "email without dotted domain",
+            json!({"email": "a@localhost"}),
+            "CBC.99004004",
+        ),
         ("email 65 chars", json!({"email": email65}), "CBC.0100"),
         ("email not a string", json!({"email": 7}), "CBC.0100"),
-        ("lang 17 chars", json!({"lang": "abcdefghijklmnopq"}), "CBC.0100"),
-        ("lang 16 chars, unknown", json!({"lang": "abcdefghijklmnop"}), "CBC.0100"),
+        (
+            "lang 17 chars",
+            json!({"lang": "abcdefghijklmnopq"}),
+            "CBC.0100",
+        ),
+        (
+            "lang 16 chars, unknown",
+            json!({"lang": "abcdefghijklmnop"}),
+            "CBC.0100",
+        ),
         ("lang unknown", json!({"lang": "de-de"}), "CBC.0100"),
         ("lang not a string", json!({"lang": true}), "CBC.0100"),
     ];
     for (name, overrides, code) in cases {
         let reply = env.intake.send(&env.partner.token, &with(overrides)).await;
-        assert_eq!((reply.status, reply.error_code().as_deref()), (400, Some(code)), "{name}: {}", reply.body);
-        assert_eq!(reply.content_type.as_deref(), Some("application/json;charset=UTF-8"), "{name}");
-        assert!(reply.request_id.is_some(), "{name}: X-Request-Id on errors too");
+        assert_eq!(
+            (reply.status, reply.error_code().as_deref()),
+            (400, Some(code)),
+            "{name}: {}",
+            reply.body
+        );
+        assert_eq!(
+            reply.content_type.as_deref(),
+            Some("application/json;charset=UTF-8"),
+            "{name}"
+        );
+        assert!(
+            reply.request_id.is_some(),
+            "{name}: X-Request-Id on errors too"
+        );
         let msg = reply.json()["error_msg"].as_str().unwrap().to_owned();
         assert!(!msg.is_empty(), "{name}");
     }
     // Rejections write nothing and publish nothing.
     assert_eq!(env.db.count("SELECT count(*) FROM dispatches").await, 0);
-    assert_eq!(env.broker.depth(&env.broker.topology.dispatch_queue()).await, 0);
+    assert_eq!(
+        env.broker
+            .depth(&env.broker.topology.dispatch_queue())
+            .await,
+        0
+    );
 
     let accepted: Vec<(&str, Value, i32, &str)> = vec![
-        ("timeout 1", json!({"timeout": 1, "email": "t1@example.com"}), 1, "en-us"),
-        ("timeout 60", json!({"timeout": 60, "email": "t60@example.com"}), 60, "en-us"),
-        ("timeout 61 capped", json!({"timeout": 61, "email": "t61@example.com"}), 5, "en-us"),
-        ("timeout 3000 capped", json!({"timeout": 3000, "email": "t3000@example.com"}), 5, "en-us"),
-        ("timeout null", json!({"timeout": null, "email": "tnull@example.com"}), 10, "en-us"),
-        ("timeout absent", json!({"timeout": "<absent>", "email": "tabs@example.com"}), 10, "en-us"),
+        (
+            "timeout 1",
+            json!({"timeout": 1, "email": "t1@example.com"}),
+            1,
+            "en-us",
+        ),
+        (
+            "timeout 60",
+            json!({"timeout": 60, "email": "t60@example.com"}),
+            60,
+            "en-us",
+        ),
+        (
+            "timeout 61 capped",
+            json!({"timeout": 61, "email": "t61@example.com"}),
+            5,
+            "en-us",
+        ),
+        (
+            "timeout 3000 capped",
+            json!({"timeout": 3000, "email": "t3000@example.com"}),
+            5,
+            "en-us",
+        ),
+        (
+            "timeout null",
+            json!({"timeout": null, "email": "tnull@example.com"}),
+            10,
+            "en-us",
+        ),
+        (
+            "timeout absent",
+            json!({"timeout": "<absent>", "email": "tabs@example.com"}),
+            10,
+            "en-us",
+        ),
         ("email 64 chars", json!({"email": email64}), 5, "en-us"),
-        ("lang EN-US", json!({"lang": "EN-US", "email": "upper@example.com"}), 5, "en-us"),
-        ("lang absent", json!({"lang": "<absent>", "email": "noLang@example.com"}), 5, "zh-cn"),
-        ("lang null", json!({"lang": null, "email": "nulllang@example.com"}), 5, "zh-cn"),
-        ("lang empty", json!({"lang": "", "email": "emptylang@example.com"}), 5, "zh-cn"),
-        ("extra fields", json!({"email": "extra@example.com", "customer_name": "x"}), 5, "en-us"),
+        (
+            "lang EN-US",
+            json!({"lang": "EN-US", "email": "upper@example.com"}),
+            5,
+            "en-us",
+        ),
+        (
+            "lang absent",
+            json!({"lang": "<absent>", "email": "noLang@example.com"}),
+            5,
+            "zh-cn",
+        ),
+        (
+            "lang null",
+            json!({"lang": null, "email": "nulllang@example.com"}),
+            5,
+            "zh-cn",
+        ),
+        (
+            "lang empty",
+            json!({"lang": "", "email": "emptylang@example.com"}),
+            5,
+            "zh-cn",
+        ),
+        (
+            "extra fields",
+            json!({"email": "extra@example.com", "customer_name": "x"}),
+            5,
+            "en-us",
+        ),
     ];
     for (name, overrides, minutes, lang) in accepted {
         let reply = env.intake.send(&env.partner.token, &with(overrides)).await;
@@ -95,7 +203,11 @@ async fn every_rule_of_the_spec_table_is_answered_over_http() {
         assert!(reply.body.is_empty(), "{name}: 204 has no body");
         let id: uuid::Uuid = reply.request_id.as_deref().unwrap().parse().unwrap();
         let (ttl, row_lang): (i32, String) =
-            sqlx::query_as("SELECT ttl_minutes, lang FROM dispatches WHERE id = $1").bind(id).fetch_one(&env.db.pool).await.unwrap();
+            sqlx::query_as("SELECT ttl_minutes, lang FROM dispatches WHERE id = $1")
+                .bind(id)
+                .fetch_one(&env.db.pool)
+                .await
+                .unwrap();
         assert_eq!((ttl, row_lang.as_str()), (minutes, lang), "{name}");
     }
     env.broker.cleanup().await;
@@ -104,7 +216,13 @@ async fn every_rule_of_the_spec_table_is_answered_over_http() {
 #[tokio::test]
 async fn a_204_leaves_one_row_with_its_expiry_and_one_message_without_the_code() {
     let env = env().await;
-    let reply = env.intake.send(&env.partner.token, &with(json!({"timeout": 7, "email": " Someone@Example.com "}))).await;
+    let reply = env
+        .intake
+        .send(
+            &env.partner.token,
+            &with(json!({"timeout": 7, "email": " Someone@Example.com "})),
+        )
+        .await;
     assert_eq!(reply.status, 204, "{}", reply.body);
     let id: uuid::Uuid = reply.request_id.unwrap().parse().unwrap();
 
@@ -116,7 +234,16 @@ async fn a_204_leaves_one_row_with_its_expiry_and_one_message_without_the_code()
     .fetch_one(&env.db.pool)
     .await
     .unwrap();
-    assert_eq!(row, ("queued".into(), "someone@example.com".into(), "Someone@Example.com".into(), true, true));
+    assert_eq!(
+        row,
+        (
+            "queued".into(),
+            "someone@example.com".into(),
+            "Someone@Example.com".into(),
+            true,
+            true
+        )
+    );
     assert_eq!(env.db.count("SELECT count(*) FROM dispatches").await, 1);
 
     let messages = env.broker.drain_dispatches().await;
@@ -130,7 +257,10 @@ async fn a_204_leaves_one_row_with_its_expiry_and_one_message_without_the_code()
         .unwrap();
     let code = test_keys().open_code(id, &sealed).unwrap();
     assert_eq!(code.len(), 6);
-    assert!(!String::from_utf8_lossy(&messages[0]).contains(&code), "the message carries no code");
+    assert!(
+        !String::from_utf8_lossy(&messages[0]).contains(&code),
+        "the message carries no code"
+    );
     env.broker.cleanup().await;
 }
 
@@ -138,35 +268,91 @@ async fn a_204_leaves_one_row_with_its_expiry_and_one_message_without_the_code()
 async fn malformed_bodies_and_content_types_get_json_errors() {
     let env = env().await;
     let post = |body: Vec<u8>, content_type: Option<&str>| {
-        let mut request = env.intake.client.post(env.intake.url(SEND_PATH)).header("X-Auth-Token", &env.partner.token);
+        let mut request = env
+            .intake
+            .client
+            .post(env.intake.url(SEND_PATH))
+            .header("X-Auth-Token", &env.partner.token);
         if let Some(ct) = content_type {
             request = request.header("Content-Type", ct);
         }
         request.body(body).send()
     };
     let valid = serde_json::to_vec(&with(json!({}))).unwrap();
-    let big = format!(r#"{{"receiver_type":2,"email":"a@example.com","pad":"{}"}}"#, "x".repeat(17 * 1024));
+    let big = format!(
+        r#"{{"receiver_type":2,"email":"a@example.com","pad":"{}"}}"#,
+        "x".repeat(17 * 1024)
+    );
     let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
-        ("broken JSON", b"{\"receiver_type\": 2,".to_vec(), Some("application/json")),
+        (
+            "broken JSON",
+            b"{\"receiver_type\": 2,".to_vec(),
+            Some("application/json"),
+        ),
         ("JSON array", b"[1,2]".to_vec(), Some("application/json")),
         ("empty body", Vec::new(), Some("application/json")),
         ("text/plain", valid.clone(), Some("text/plain")),
         ("no content type", valid.clone(), None),
-        ("form", b"receiver_type=2".to_vec(), Some("application/x-www-form-urlencoded")),
+        (
+            "form",
+            b"receiver_type=2".to_vec(),
+            Some("application/x-www-form-urlencoded"),
+        ),
         ("over 16 KiB", big.into_bytes(), Some("application/json")),
-        ("not UTF-8", vec![0xff, 0xfe, 0x00], Some("application/json")),
+        (
+            "not UTF-8",
+            vec![0xff, 0xfe, 0x00],
+            Some("application/json"),
+        ),
     ];
     for (name, body, ct) in cases {
         let reply = Reply::read(post(body, ct).await.unwrap()).await;
-        assert_eq!((reply.status, reply.error_code().as_deref()), (400, Some("CBC.0100")), "{name}: {}", reply.body);
-        assert_eq!(reply.content_type.as_deref(), Some("application/json;charset=UTF-8"), "{name}");
+        assert_eq!(
+            (reply.status, reply.error_code().as_deref()),
+            (400, Some("CBC.0100")),
+            "{name}: {}",
+            reply.body
+        );
+        assert_eq!(
+            reply.content_type.as_deref(),
+            Some("application/json;charset=UTF-8"),
+            "{name}"
+        );
     }
-    let charset = Reply::read(post(valid, Some("application/json; charset=utf-8")).await.unwrap()).await;
-    assert_eq!(charset.status, 204, "a charset parameter is fine: {}", charset.body);
+    let charset = Reply::read(
+        post(valid, Some("application/json; charset=utf-8"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        charset.status, 204,
+        "a charset parameter is fine: {}",
+        charset.body
+    );
 
-    let unknown = Reply::read(env.intake.client.get(env.intake.url("/nope")).send().await.unwrap()).await;
-    assert_eq!((unknown.status, unknown.error_code().as_deref()), (404, Some("CBC.0100")));
-    let wrong_method = Reply::read(env.intake.client.get(env.intake.url(SEND_PATH)).send().await.unwrap()).await;
+    let unknown = Reply::read(
+        env.intake
+            .client
+            .get(env.intake.url("/nope"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (unknown.status, unknown.error_code().as_deref()),
+        (404, Some("CBC.0100"))
+    );
+    let wrong_method = Reply::read(
+        env.intake
+            .client
+            .get(env.intake.url(SEND_PATH))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.error_code().as_deref(), Some("CBC.0100"));
     assert_eq!(env.db.count("SELECT count(*) FROM dispatches").await, 1);
@@ -176,9 +362,28 @@ async fn malformed_bodies_and_content_types_get_json_errors() {
 #[tokio::test]
 async fn health_and_readiness() {
     let env = env().await;
-    let health = Reply::read(env.intake.client.get(env.intake.url("/healthz")).send().await.unwrap()).await;
+    let health = Reply::read(
+        env.intake
+            .client
+            .get(env.intake.url("/healthz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(health.status, 200);
-    let ready = Reply::read(env.intake.client.get(env.intake.url("/readyz")).send().await.unwrap()).await;
-    assert_eq!((ready.status, ready.json()), (200, json!({"postgres": "ok", "rabbitmq": "ok"})));
+    let ready = Reply::read(
+        env.intake
+            .client
+            .get(env.intake.url("/readyz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (ready.status, ready.json()),
+        (200, json!({"postgres": "ok", "rabbitmq": "ok"}))
+    );
     env.broker.cleanup().await;
 }

@@ -15,7 +15,7 @@ use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 use verimail_core::amqp::Topology;
 use verimail_core::secrets::{Keys, MasterSecret};
-use verimail_core::{db, DispatchMessage};
+use verimail_core::{DispatchMessage, db};
 use verimail_intake::accounts::{self, AccountKind};
 use verimail_intake::settings::AmqpSettings;
 use verimail_intake::{Application, IntakeSettings, RateLimit};
@@ -23,11 +23,13 @@ use verimail_intake::{Application, IntakeSettings, RateLimit};
 pub const SEND_PATH: &str = "/v2/bases/verificationcode/send";
 
 pub fn pg_admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 pub fn test_keys() -> Keys {
@@ -48,11 +50,20 @@ impl TestDb {
     pub async fn new() -> Self {
         let name = format!("vm_test_{}", Uuid::new_v4().simple());
         let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to Postgres for tests");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to Postgres for tests");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.ok();
         let url = replace_db(&admin, &name);
-        let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap();
         db::migrate(&pool).await.unwrap();
         Self { url, name, pool }
     }
@@ -99,7 +110,11 @@ pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
 }
 
 pub fn db_settings(url: &str) -> db::DbSettings {
-    db::DbSettings { url: url.to_owned(), max_connections: 8, acquire_timeout: Duration::from_secs(1) }
+    db::DbSettings {
+        url: url.to_owned(),
+        max_connections: 8,
+        acquire_timeout: Duration::from_secs(1),
+    }
 }
 
 /// A running intake on a free port.
@@ -112,12 +127,18 @@ pub struct TestIntake {
 impl TestIntake {
     pub async fn spawn(settings: IntakeSettings, db_url: &str) -> Self {
         let pool = db::pool(&db_settings(db_url)).unwrap();
-        let app = Application::build(settings, pool, test_keys()).await.unwrap();
+        let app = Application::build(settings, pool, test_keys())
+            .await
+            .unwrap();
         let addr = app.local_addr();
         let task = tokio::spawn(async move {
             app.run_until(std::future::pending()).await.unwrap();
         });
-        Self { addr, client: reqwest::Client::new(), task }
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -155,11 +176,22 @@ pub struct Reply {
 impl Reply {
     pub async fn read(response: reqwest::Response) -> Self {
         let status = response.status().as_u16();
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let request_id = header("x-request-id");
         let content_type = header("content-type");
         let body = response.text().await.unwrap();
-        Self { status, request_id, content_type, body }
+        Self {
+            status,
+            request_id,
+            content_type,
+            body,
+        }
     }
 
     pub fn error_code(&self) -> Option<String> {
@@ -179,8 +211,13 @@ pub struct Partner {
 }
 
 pub async fn partner(pool: &PgPool, kind: AccountKind, suspended: bool) -> Partner {
-    let id = accounts::create_partner(pool, "test", kind, suspended).await.unwrap();
-    let token = accounts::issue_token(pool, id, Duration::from_secs(3600)).await.unwrap().token;
+    let id = accounts::create_partner(pool, "test", kind, suspended)
+        .await
+        .unwrap();
+    let token = accounts::issue_token(pool, id, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .token;
     Partner { id, token }
 }
 
@@ -197,24 +234,40 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect(prefix: &str) -> Self {
-        let connection = verimail_core::amqp::connect(&amqp_url(), Duration::from_secs(5)).await.unwrap();
+        let connection = verimail_core::amqp::connect(&amqp_url(), Duration::from_secs(5))
+            .await
+            .unwrap();
         let channel = connection.create_channel().await.unwrap();
         let topology = Topology::new(prefix);
         topology.declare(&channel, &fast_retries()).await.unwrap();
-        Self { topology, _connection: connection, channel }
+        Self {
+            topology,
+            _connection: connection,
+            channel,
+        }
     }
 
     pub async fn depth(&self, queue: &str) -> u32 {
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        self.channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap().message_count()
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count()
     }
 
     /// Takes every message waiting in the dispatch queue.
     pub async fn drain_dispatches(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let queue = self.topology.dispatch_queue();
-        while let Some(message) =
-            self.channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
         {
             out.push(message.delivery.data.clone());
         }
@@ -222,13 +275,117 @@ impl Broker {
     }
 
     pub async fn decoded_dispatches(&self) -> Vec<DispatchMessage> {
-        self.drain_dispatches().await.iter().map(|m| DispatchMessage::decode(m).unwrap()).collect()
+        self.drain_dispatches()
+            .await
+            .iter()
+            .map(|m| DispatchMessage::decode(m).unwrap())
+            .collect()
     }
 
     /// Deletes the test's queues (best effort).
     pub async fn cleanup(&self) {
         for queue in self.topology.queues(&fast_retries()) {
-            let _ = self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
     }
+}
+
+pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worker::WorkerSettings {
+    verimail_worker::WorkerSettings {
+        amqp_url: amqp_url(),
+        prefix: prefix.to_owned(),
+        retry_delays: fast_retries(),
+        max_attempts: 3,
+        prefetch: 8,
+        lease: Duration::from_secs(30),
+        mail: verimail_worker::mail::MailSettings::new(
+            "Verimail Test <no-reply@verimail.test>".parse().unwrap(),
+            "Acme <Cloud> & Co",
+        ),
+        smtp_url,
+        outbox: std::env::temp_dir().join(format!("vm-outbox-{prefix}")),
+        smtp_connections: 4,
+        smtp_timeout: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(5),
+        sweep_interval: Duration::from_secs(3600),
+        sweep_grace: Duration::from_secs(60),
+    }
+}
+
+/// A running worker: `stop` is SIGTERM, `kill` drops it without a goodbye.
+pub struct TestWorker {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestWorker {
+    pub async fn spawn(settings: verimail_worker::WorkerSettings, db_url: &str) -> Self {
+        let pool = db::pool(&db_settings(db_url)).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(verimail_worker::run_until(
+            settings,
+            pool,
+            test_keys(),
+            stopped,
+        ));
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Polls the dispatch row until its status is one of `wanted`.
+pub async fn wait_status(
+    pool: &PgPool,
+    id: Uuid,
+    wanted: &[&str],
+    timeout: Duration,
+) -> (String, i32, Option<String>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let row: (String, i32, Option<String>) =
+            sqlx::query_as("SELECT status, attempts, last_error FROM dispatches WHERE id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if wanted.contains(&row.0.as_str()) {
+            return row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dispatch {id} stuck in {row:?}, wanted {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first run of `len` digits in a text: the code in a mail.
+pub fn find_code(text: &str, len: usize) -> Option<String> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(len - 1)).find_map(|i| {
+        let run = &bytes[i..i + len];
+        let bounded = (i == 0 || !bytes[i - 1].is_ascii_digit())
+            && bytes.get(i + len).is_none_or(|b| !b.is_ascii_digit());
+        (bounded && run.iter().all(u8::is_ascii_digit))
+            .then(|| String::from_utf8_lossy(run).into_owned())
+    })
+}
+
+pub async fn stored_digest(pool: &PgPool, id: Uuid) -> Vec<u8> {
+    sqlx::query_scalar("SELECT code_digest FROM dispatches WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }

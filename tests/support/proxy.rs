@@ -26,7 +26,9 @@ impl Proxy {
             let generation = generation.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((client, _)) = listener.accept().await else { continue };
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
                     if cut.load(Ordering::SeqCst) {
                         // Refuse like a dead server: the peer sees a reset/EOF.
                         drop(client);
@@ -34,7 +36,9 @@ impl Proxy {
                     }
                     let mut killed = generation.subscribe();
                     tokio::spawn(async move {
-                        let Ok(mut server) = TcpStream::connect(target).await else { return };
+                        let Ok(mut server) = TcpStream::connect(target).await else {
+                            return;
+                        };
                         let mut client = client;
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -44,7 +48,12 @@ impl Proxy {
                 }
             })
         };
-        Self { addr, cut, generation, task }
+        Self {
+            addr,
+            cut,
+            generation,
+            task,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

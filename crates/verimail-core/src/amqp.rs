@@ -24,7 +24,9 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -68,16 +70,35 @@ impl Topology {
 
     /// Declares everything (idempotent). The dispatch queue is a quorum queue:
     /// replicated, and it confirmed twice as fast as a classic durable queue here.
-    pub async fn declare(&self, channel: &Channel, retry_delays: &[Duration]) -> anyhow::Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    pub async fn declare(
+        &self,
+        channel: &Channel,
+        retry_delays: &[Duration],
+    ) -> anyhow::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let queue_opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
 
         channel
-            .exchange_declare(self.dead_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .exchange_declare(
+                self.dead_exchange().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .context("declaring the dead-letter exchange")?;
         channel
-            .queue_declare(self.dead_queue().into(), queue_opts, quorum(FieldTable::default()))
+            .queue_declare(
+                self.dead_queue().into(),
+                queue_opts,
+                quorum(FieldTable::default()),
+            )
             .await
             .context("declaring the dead-letter queue")?;
         channel
@@ -92,11 +113,19 @@ impl Topology {
             .context("binding the dead-letter queue")?;
 
         channel
-            .exchange_declare(self.dispatch_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .exchange_declare(
+                self.dispatch_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .context("declaring the dispatch exchange")?;
         let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), string(&self.dead_exchange()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dead_exchange()),
+        );
         channel
             .queue_declare(self.dispatch_queue().into(), queue_opts, quorum(args))
             .await
@@ -113,16 +142,30 @@ impl Topology {
             .context("binding the dispatch queue")?;
 
         channel
-            .exchange_declare(self.retry_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .exchange_declare(
+                self.retry_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
             .await
             .context("declaring the retry exchange")?;
         for delay in retry_delays {
             // A delay queue has no consumer: messages wait out their TTL, then
             // dead-letter back to the dispatch exchange.
             let mut args = FieldTable::default();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay.as_millis() as i64));
-            args.insert("x-dead-letter-exchange".into(), string(&self.dispatch_exchange()));
-            args.insert("x-dead-letter-routing-key".into(), string(DISPATCH_ROUTING_KEY));
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                string(&self.dispatch_exchange()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                string(DISPATCH_ROUTING_KEY),
+            );
             channel
                 .queue_declare(self.retry_queue(*delay).into(), queue_opts, args)
                 .await
@@ -154,8 +197,11 @@ fn quorum(mut args: FieldTable) -> FieldTable {
 /// Connects with a bound on the whole handshake, so a dead broker is
 /// reported instead of hanging the caller.
 pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Connection> {
-    tokio::time::timeout(timeout, Connection::connect(url, ConnectionProperties::default()))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to RabbitMQ timed out after {timeout:?}"))?
-        .context("connecting to RabbitMQ")
+    tokio::time::timeout(
+        timeout,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to RabbitMQ timed out after {timeout:?}"))?
+    .context("connecting to RabbitMQ")
 }

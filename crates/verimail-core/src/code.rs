@@ -14,7 +14,11 @@ impl Code {
     /// `len` decimal digits from the thread-local CSPRNG (ChaCha, seeded by the OS).
     pub fn generate(len: usize) -> Self {
         let mut rng = rand::thread_rng();
-        Self((0..len).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect())
+        Self(
+            (0..len)
+                .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+                .collect(),
+        )
     }
 
     pub fn from_plain(code: String) -> Self {
@@ -47,8 +51,9 @@ mod tests {
 
     #[test]
     fn codes_vary_and_debug_hides_them() {
-        let codes: std::collections::HashSet<_> =
-            (0..200).map(|_| Code::generate(6).expose().to_owned()).collect();
+        let codes: std::collections::HashSet<_> = (0..200)
+            .map(|_| Code::generate(6).expose().to_owned())
+            .collect();
         assert!(codes.len() > 190, "a CSPRNG repeats a 6-digit code rarely");
         let code = Code::generate(6);
         assert!(!format!("{code:?}").contains(code.expose()));

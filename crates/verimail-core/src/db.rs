@@ -19,7 +19,10 @@ pub struct DbSettings {
 /// Builds a pool without connecting: the process starts even while
 /// Postgres is down and recovers by itself when it returns.
 pub fn pool(settings: &DbSettings) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = settings.url.parse().context("DATABASE_URL is not a Postgres URL")?;
+    let options: PgConnectOptions = settings
+        .url
+        .parse()
+        .context("DATABASE_URL is not a Postgres URL")?;
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
@@ -46,10 +49,11 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to the postgres maintenance database")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

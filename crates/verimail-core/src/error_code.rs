@@ -64,7 +64,11 @@ impl ErrorCode {
                 400,
                 "The verification code could not be sent. Try again later.",
             ),
-            Self::InvalidEmail => ("CBC.99004004", 400, "The email address is empty or invalid."),
+            Self::InvalidEmail => (
+                "CBC.99004004",
+                400,
+                "The email address is empty or invalid.",
+            ),
             Self::RateLimited => (
                 "CBC.99004015",
                 400,
@@ -97,7 +101,10 @@ mod tests {
 
     #[test]
     fn every_code_has_the_documented_status() {
-        let table: Vec<_> = ErrorCode::ALL.iter().map(|c| (c.code(), c.http_status())).collect();
+        let table: Vec<_> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.code(), c.http_status()))
+            .collect();
         assert_eq!(
             table,
             [

@@ -22,7 +22,10 @@ impl DispatchMessage {
     pub const VERSION: u32 = 1;
 
     pub fn new(dispatch_id: Uuid) -> Self {
-        Self { v: Self::VERSION, dispatch_id }
+        Self {
+            v: Self::VERSION,
+            dispatch_id,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -52,15 +55,29 @@ mod tests {
     #[test]
     fn the_v1_wire_format_is_pinned() {
         let id = Uuid::parse_str("0190f5a2-7c4e-7d2a-9b1e-3f4a5b6c7d8e").expect("uuid");
-        assert_eq!(String::from_utf8(DispatchMessage::new(id).encode()).expect("utf8"), GOLDEN);
-        assert_eq!(DispatchMessage::decode(GOLDEN.as_bytes()).expect("decodes").dispatch_id, id);
+        assert_eq!(
+            String::from_utf8(DispatchMessage::new(id).encode()).expect("utf8"),
+            GOLDEN
+        );
+        assert_eq!(
+            DispatchMessage::decode(GOLDEN.as_bytes())
+                .expect("decodes")
+                .dispatch_id,
+            id
+        );
     }
 
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
         let v2 = r#"{"v":2,"dispatch_id":"0190f5a2-7c4e-7d2a-9b1e-3f4a5b6c7d8e"}"#;
-        assert!(matches!(DispatchMessage::decode(v2.as_bytes()), Err(DecodeError::UnknownVersion(2))));
-        assert!(matches!(DispatchMessage::decode(b"garbage"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            DispatchMessage::decode(v2.as_bytes()),
+            Err(DecodeError::UnknownVersion(2))
+        ));
+        assert!(matches!(
+            DispatchMessage::decode(b"garbage"),
+            Err(DecodeError::Malformed(_))
+        ));
         assert!(DispatchMessage::decode(br#"{"v":1}"#).is_err());
     }
 }

@@ -16,10 +16,16 @@ pub struct Rejection {
 
 impl Rejection {
     fn param(reason: impl Into<String>) -> Self {
-        Self { code: ErrorCode::ParameterError, reason: reason.into() }
+        Self {
+            code: ErrorCode::ParameterError,
+            reason: reason.into(),
+        }
     }
     fn email(reason: impl Into<String>) -> Self {
-        Self { code: ErrorCode::InvalidEmail, reason: reason.into() }
+        Self {
+            code: ErrorCode::InvalidEmail,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -169,7 +175,9 @@ impl CodeTtl {
         match minutes {
             Some(m @ 1..=60) => Ok(Self(m as u32)),
             Some(61..=3000) => Ok(Self(Self::CAPPED_MINUTES)),
-            _ => Err(Rejection::param("timeout must be an integer from 1 to 3000")),
+            _ => Err(Rejection::param(
+                "timeout must be an integer from 1 to 3000",
+            )),
         }
     }
 
@@ -231,7 +239,11 @@ impl CheckRequest {
         let email = Email::parse_field(map.get("email"))?;
         let code = match map.get("verification_code") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 16 => s.clone(),
-            _ => return Err(Rejection::param("verification_code must be a non-empty string")),
+            _ => {
+                return Err(Rejection::param(
+                    "verification_code must be a non-empty string",
+                ));
+            }
         };
         Ok(Self { email, code })
     }
@@ -246,7 +258,8 @@ mod tests {
     const E: Option<ErrorCode> = Some(ErrorCode::InvalidEmail);
 
     fn body(overrides: Value) -> Vec<u8> {
-        let mut base = json!({"receiver_type": 2, "timeout": 5, "email": "user@example.com", "lang": "en-us"});
+        let mut base =
+            json!({"receiver_type": 2, "timeout": 5, "email": "user@example.com", "lang": "en-us"});
         for (k, v) in overrides.as_object().expect("object") {
             if v == &json!("<absent>") {
                 base.as_object_mut().expect("object").remove(k);
@@ -266,7 +279,11 @@ mod tests {
         let email64 = format!("{}@example.com", "a".repeat(64 - 12));
         let email65 = format!("{}@example.com", "a".repeat(65 - 12));
         let cases: Vec<(&str, Value, Option<ErrorCode>)> = vec![
-            ("receiver_type absent", json!({"receiver_type": "<absent>"}), P),
+            (
+                "receiver_type absent",
+                json!({"receiver_type": "<absent>"}),
+                P,
+            ),
             ("receiver_type null", json!({"receiver_type": null}), P),
             ("receiver_type 1", json!({"receiver_type": 1}), P),
             ("receiver_type \"2\"", json!({"receiver_type": "2"}), P),
@@ -292,11 +309,27 @@ mod tests {
             ("email 64 chars", json!({"email": email64}), None),
             ("email 65 chars", json!({"email": email65}), P),
             ("email no at", json!({"email": "user.example.com"}), E),
-            ("email no dot in domain", json!({"email": "user@localhost"}), E),
-            ("email inner space", json!({"email": "us er@example.com"}), E),
-            ("email control char", json!({"email": "user\u{7}@example.com"}), E),
+            (
+                "email no dot in domain",
+                json!({"email": "user@localhost"}),
+                E,
+            ),
+            (
+                "email inner space",
+                json!({"email": "us er@example.com"}),
+                E,
+            ),
+            (
+                "email control char",
+                json!({"email": "user\u{7}@example.com"}),
+                E,
+            ),
             ("email two ats", json!({"email": "a@b@example.com"}), E),
-            ("email display name", json!({"email": "User <user@example.com>"}), E),
+            (
+                "email display name",
+                json!({"email": "User <user@example.com>"}),
+                E,
+            ),
             ("email trailing dot", json!({"email": "user@example."}), E),
             ("lang absent", json!({"lang": "<absent>"}), None),
             ("lang null", json!({"lang": null}), None),
@@ -307,7 +340,11 @@ mod tests {
             ("lang 16 chars", json!({"lang": "abcdefghijklmnop"}), P),
             ("lang 17 chars", json!({"lang": "abcdefghijklmnopq"}), P),
             ("lang number", json!({"lang": 1}), P),
-            ("extra fields ignored", json!({"customer_id": "x", "extra": {"a": 1}}), None),
+            (
+                "extra fields ignored",
+                json!({"customer_id": "x", "extra": {"a": 1}}),
+                None,
+            ),
         ];
         for (name, overrides, expected) in cases {
             assert_eq!(outcome(overrides).err(), expected.map(Some), "{name}");
@@ -316,7 +353,13 @@ mod tests {
 
     #[test]
     fn timeouts_are_normalised_as_the_seed_says() {
-        for (given, minutes) in [(json!(null), 10), (json!(1), 1), (json!(60), 60), (json!(61), 5), (json!(3000), 5)] {
+        for (given, minutes) in [
+            (json!(null), 10),
+            (json!(1), 1),
+            (json!(60), 60),
+            (json!(61), 5),
+            (json!(3000), 5),
+        ] {
             let req = outcome(json!({ "timeout": given })).expect("valid");
             assert_eq!(req.ttl.minutes(), minutes, "timeout {given}");
         }
@@ -326,9 +369,18 @@ mod tests {
 
     #[test]
     fn lang_defaults_to_chinese_and_ignores_case() {
-        assert_eq!(outcome(json!({"lang": "<absent>"})).expect("valid").lang, Lang::ZhCn);
-        assert_eq!(outcome(json!({"lang": ""})).expect("valid").lang, Lang::ZhCn);
-        assert_eq!(outcome(json!({"lang": "EN-US"})).expect("valid").lang, Lang::EnUs);
+        assert_eq!(
+            outcome(json!({"lang": "<absent>"})).expect("valid").lang,
+            Lang::ZhCn
+        );
+        assert_eq!(
+            outcome(json!({"lang": ""})).expect("valid").lang,
+            Lang::ZhCn
+        );
+        assert_eq!(
+            outcome(json!({"lang": "EN-US"})).expect("valid").lang,
+            Lang::EnUs
+        );
     }
 
     #[test]
@@ -341,8 +393,18 @@ mod tests {
 
     #[test]
     fn bodies_that_are_not_objects_are_parameter_errors() {
-        for raw in [&b"{"[..], b"", b"[]", b"null", b"\"x\"", b"{\"receiver_type\":2,}"] {
-            assert_eq!(SendRequest::parse(raw).map_err(|r| r.code).err(), Some(ErrorCode::ParameterError));
+        for raw in [
+            &b"{"[..],
+            b"",
+            b"[]",
+            b"null",
+            b"\"x\"",
+            b"{\"receiver_type\":2,}",
+        ] {
+            assert_eq!(
+                SendRequest::parse(raw).map_err(|r| r.code).err(),
+                Some(ErrorCode::ParameterError)
+            );
         }
     }
 
@@ -356,7 +418,8 @@ mod tests {
 
     #[test]
     fn check_requests_need_an_email_and_a_code() {
-        let ok = CheckRequest::parse(br#"{"email":"a@b.co","verification_code":"123456"}"#).expect("valid");
+        let ok = CheckRequest::parse(br#"{"email":"a@b.co","verification_code":"123456"}"#)
+            .expect("valid");
         assert_eq!(ok.code, "123456");
         let no_code = CheckRequest::parse(br#"{"email":"a@b.co"}"#).map_err(|r| r.code);
         assert_eq!(no_code.err(), Some(ErrorCode::ParameterError));

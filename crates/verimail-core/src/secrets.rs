@@ -123,10 +123,18 @@ impl Keys {
     }
 
     pub fn seal_access_secret(&self, access_key: &str, secret: &str) -> Vec<u8> {
-        seal(&self.access_key_seal, access_key.as_bytes(), secret.as_bytes())
+        seal(
+            &self.access_key_seal,
+            access_key.as_bytes(),
+            secret.as_bytes(),
+        )
     }
 
-    pub fn open_access_secret(&self, access_key: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    pub fn open_access_secret(
+        &self,
+        access_key: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, OpenError> {
         open(&self.access_key_seal, access_key.as_bytes(), sealed)
     }
 }
@@ -177,8 +185,14 @@ mod tests {
 
     #[test]
     fn short_or_garbled_secrets_are_refused() {
-        assert_eq!(MasterSecret::from_base64("AAAA").unwrap_err(), SecretError::TooShort(3));
-        assert_eq!(MasterSecret::from_base64("!!!").unwrap_err(), SecretError::NotBase64);
+        assert_eq!(
+            MasterSecret::from_base64("AAAA").unwrap_err(),
+            SecretError::TooShort(3)
+        );
+        assert_eq!(
+            MasterSecret::from_base64("!!!").unwrap_err(),
+            SecretError::NotBase64
+        );
     }
 
     #[test]

@@ -65,7 +65,17 @@ mod tests {
         for status in DispatchStatus::ALL {
             assert_eq!(DispatchStatus::parse(status.as_str()), Some(status));
         }
-        let open: Vec<_> = DispatchStatus::ALL.into_iter().filter(|s| !s.is_terminal()).collect();
-        assert_eq!(open, [DispatchStatus::Queued, DispatchStatus::Sending, DispatchStatus::Retrying]);
+        let open: Vec<_> = DispatchStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        assert_eq!(
+            open,
+            [
+                DispatchStatus::Queued,
+                DispatchStatus::Sending,
+                DispatchStatus::Retrying
+            ]
+        );
     }
 }

@@ -24,7 +24,12 @@ impl AccountKind {
     }
 }
 
-pub async fn create_partner(pool: &PgPool, name: &str, kind: AccountKind, suspended: bool) -> anyhow::Result<Uuid> {
+pub async fn create_partner(
+    pool: &PgPool,
+    name: &str,
+    kind: AccountKind,
+    suspended: bool,
+) -> anyhow::Result<Uuid> {
     let id = Uuid::new_v4();
     sqlx::query("INSERT INTO partners (id, name, kind, status) VALUES ($1, $2, $3, $4)")
         .bind(id)
@@ -38,7 +43,11 @@ pub async fn create_partner(pool: &PgPool, name: &str, kind: AccountKind, suspen
 }
 
 /// Suspends or reactivates a partner (used by operators and tests).
-pub async fn set_suspended(pool: &PgPool, partner_id: Uuid, suspended: bool) -> anyhow::Result<bool> {
+pub async fn set_suspended(
+    pool: &PgPool,
+    partner_id: Uuid,
+    suspended: bool,
+) -> anyhow::Result<bool> {
     let done = sqlx::query("UPDATE partners SET status = $2 WHERE id = $1")
         .bind(partner_id)
         .bind(if suspended { "suspended" } else { "active" })
@@ -68,8 +77,12 @@ pub async fn issue_token(
 ) -> Result<IssuedToken, AccountError> {
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
-    let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
-    let ttl = time::Duration::try_from(ttl).map_err(|e| anyhow::anyhow!("token ttl out of range: {e}"))?;
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let ttl = time::Duration::try_from(ttl)
+        .map_err(|e| anyhow::anyhow!("token ttl out of range: {e}"))?;
     let expires_at = OffsetDateTime::now_utc() + ttl;
     let inserted = sqlx::query(
         "INSERT INTO tokens (digest, partner_id, expires_at)
@@ -89,10 +102,12 @@ pub async fn issue_token(
 
 /// Returns whether a live token was revoked.
 pub async fn revoke_token(pool: &PgPool, token: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE tokens SET revoked_at = now() WHERE digest = $1 AND revoked_at IS NULL")
-        .bind(verimail_core::secrets::token_digest(token.trim()))
-        .execute(pool)
-        .await
-        .context("revoking the token")?;
+    let done = sqlx::query(
+        "UPDATE tokens SET revoked_at = now() WHERE digest = $1 AND revoked_at IS NULL",
+    )
+    .bind(verimail_core::secrets::token_digest(token.trim()))
+    .execute(pool)
+    .await
+    .context("revoking the token")?;
     Ok(done.rows_affected() == 1)
 }

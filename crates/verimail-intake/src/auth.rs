@@ -27,11 +27,18 @@ struct TokenRow {
     revoked_at: Option<OffsetDateTime>,
 }
 
-pub async fn authenticate(pool: &PgPool, _keys: &Keys, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub async fn authenticate(
+    pool: &PgPool,
+    _keys: &Keys,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
     let Some(token) = headers.get(TOKEN_HEADER) else {
         return Err(unauthenticated("no credentials: send X-Auth-Token"));
     };
-    let token = token.to_str().map_err(|_| unauthenticated("the token is not valid"))?.trim();
+    let token = token
+        .to_str()
+        .map_err(|_| unauthenticated("the token is not valid"))?
+        .trim();
     if token.is_empty() {
         return Err(unauthenticated("no credentials: send X-Auth-Token"));
     }
@@ -60,11 +67,17 @@ pub fn admit(partner_id: Uuid, kind: &str, status: &str) -> Result<Caller, ApiEr
         return Err(ApiError::new(ErrorCode::NotPartner));
     }
     if status != "active" {
-        return Err(ApiError::with_message(ErrorCode::Forbidden, "Access denied: the partner is suspended."));
+        return Err(ApiError::with_message(
+            ErrorCode::Forbidden,
+            "Access denied: the partner is suspended.",
+        ));
     }
     Ok(Caller { partner_id })
 }
 
 fn unauthenticated(why: &str) -> ApiError {
-    ApiError::with_message(ErrorCode::Unauthenticated, format!("Authentication failed: {why}."))
+    ApiError::with_message(
+        ErrorCode::Unauthenticated,
+        format!("Authentication failed: {why}."),
+    )
 }

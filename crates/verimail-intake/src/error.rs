@@ -17,11 +17,17 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode) -> Self {
-        Self { code, message: None }
+        Self {
+            code,
+            message: None,
+        }
     }
 
     pub fn with_message(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: Some(message.into()) }
+        Self {
+            code,
+            message: Some(message.into()),
+        }
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -38,7 +44,10 @@ impl ApiError {
 
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
-        Self::with_message(rejection.code, format!("{} {}", rejection.code.message(), rejection.reason))
+        Self::with_message(
+            rejection.code,
+            format!("{} {}", rejection.code.message(), rejection.reason),
+        )
     }
 }
 
@@ -50,16 +59,18 @@ struct Body<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = Body {
             error_code: self.code.code(),
             error_msg: self.message.as_deref().unwrap_or(self.code.message()),
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (status, json).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        );
         response.extensions_mut().insert(self.code);
         response
     }

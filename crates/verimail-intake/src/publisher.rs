@@ -51,7 +51,12 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(settings: AmqpSettings) -> Self {
         let topology = Topology::new(settings.prefix.clone());
-        Self { settings, topology, link: Mutex::new(None), connecting: tokio::sync::Mutex::new(None) }
+        Self {
+            settings,
+            topology,
+            link: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+        }
     }
 
     pub fn topology(&self) -> &Topology {
@@ -83,7 +88,10 @@ impl Publisher {
                 .basic_publish(
                     self.topology.dispatch_exchange().into(),
                     DISPATCH_ROUTING_KEY.into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &payload,
                     properties,
                 )
@@ -117,7 +125,9 @@ impl Publisher {
 
     fn current(&self) -> Option<Channel> {
         let link = self.link.lock().unwrap_or_else(|e| e.into_inner());
-        link.as_ref().filter(|l| l.channel.status().connected()).map(|l| l.channel.clone())
+        link.as_ref()
+            .filter(|l| l.channel.status().connected())
+            .map(|l| l.channel.clone())
     }
 
     fn drop_link(&self) {
@@ -153,12 +163,20 @@ impl Publisher {
 
     async fn connect(&self) -> anyhow::Result<Link> {
         let connection = amqp::connect(&self.settings.url, self.settings.publish_timeout).await?;
-        let channel = connection.create_channel().await.context("opening a channel")?;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .context("enabling publisher confirms")?;
-        self.topology.declare(&channel, &self.settings.retry_delays).await?;
-        Ok(Link { _connection: connection, channel })
+        self.topology
+            .declare(&channel, &self.settings.retry_delays)
+            .await?;
+        Ok(Link {
+            _connection: connection,
+            channel,
+        })
     }
 }

@@ -24,7 +24,10 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
             response.headers_mut().insert(HEADER, value);
         }
-        let code = response.extensions().get::<verimail_core::ErrorCode>().map(|c| c.code());
+        let code = response
+            .extensions()
+            .get::<verimail_core::ErrorCode>()
+            .map(|c| c.code());
         tracing::info!(
             status = response.status().as_u16(),
             error_code = code,

@@ -11,13 +11,23 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub const DEFAULT: Self = Self { per_hour: 15, per_day: 60 };
+    pub const DEFAULT: Self = Self {
+        per_hour: 15,
+        per_day: 60,
+    };
 
     /// `"15/60"`: sends per recipient per rolling hour / per rolling day.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (hour, day) = s.split_once('/').ok_or("expected HOUR/DAY, like 15/60")?;
-        let parse = |v: &str| v.trim().parse::<u32>().map_err(|_| "expected HOUR/DAY, like 15/60".to_owned());
-        let limit = Self { per_hour: parse(hour)?, per_day: parse(day)? };
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<u32>()
+                .map_err(|_| "expected HOUR/DAY, like 15/60".to_owned())
+        };
+        let limit = Self {
+            per_hour: parse(hour)?,
+            per_day: parse(day)?,
+        };
         if limit.per_hour == 0 || limit.per_day < limit.per_hour {
             return Err("need 0 < HOUR <= DAY".into());
         }

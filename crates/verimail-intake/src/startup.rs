@@ -28,7 +28,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2/bases/verificationcode/send", post(send::send))
-        .route("/v2/bases/verificationcode/dispatches/{id}", get(dispatches::show))
+        .route(
+            "/v2/bases/verificationcode/dispatches/{id}",
+            get(dispatches::show),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::with_message(ErrorCode::NotFound, "No such resource.") })
@@ -52,18 +55,34 @@ impl Application {
         // Connect eagerly so a misconfigured broker shows at start; a broker
         // that is merely down is retried by the first request.
         if let Err(error) = publisher.ready().await {
-            tracing::warn!(error = format!("{error:#}"), "RabbitMQ not reachable at start; will retry");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "RabbitMQ not reachable at start; will retry"
+            );
         }
-        let state = AppState { pool, keys, publisher, settings: Arc::new(settings) };
-        Ok(Self { listener, router: router(state) })
+        let state = AppState {
+            pool,
+            keys,
+            publisher,
+            settings: Arc::new(settings),
+        };
+        Ok(Self {
+            listener,
+            router: router(state),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "intake listening");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)

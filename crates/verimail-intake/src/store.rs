@@ -26,21 +26,26 @@ pub enum Admission {
 
 /// Rate-limit check, supersession and insert in one round trip (see the
 /// `accept_dispatch` function in the migrations for why it is atomic).
-pub async fn accept(pool: &PgPool, new: NewDispatch<'_>, limit: RateLimit) -> anyhow::Result<Admission> {
-    let outcome: String = sqlx::query_scalar("SELECT accept_dispatch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-        .bind(new.id)
-        .bind(new.partner_id)
-        .bind(new.email.normalised())
-        .bind(new.email.as_str())
-        .bind(new.lang.as_str())
-        .bind(new.ttl.minutes() as i32)
-        .bind(new.code_digest)
-        .bind(new.code_sealed)
-        .bind(limit.per_hour as i32)
-        .bind(limit.per_day as i32)
-        .fetch_one(pool)
-        .await
-        .context("recording the dispatch")?;
+pub async fn accept(
+    pool: &PgPool,
+    new: NewDispatch<'_>,
+    limit: RateLimit,
+) -> anyhow::Result<Admission> {
+    let outcome: String =
+        sqlx::query_scalar("SELECT accept_dispatch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(new.id)
+            .bind(new.partner_id)
+            .bind(new.email.normalised())
+            .bind(new.email.as_str())
+            .bind(new.lang.as_str())
+            .bind(new.ttl.minutes() as i32)
+            .bind(new.code_digest)
+            .bind(new.code_sealed)
+            .bind(limit.per_hour as i32)
+            .bind(limit.per_day as i32)
+            .fetch_one(pool)
+            .await
+            .context("recording the dispatch")?;
     match outcome.as_str() {
         "accepted" => Ok(Admission::Accepted),
         "rate_limited" => Ok(Admission::RateLimited),
@@ -80,7 +85,11 @@ pub struct DispatchView {
 }
 
 /// A partner sees only its own dispatches.
-pub async fn find(pool: &PgPool, id: Uuid, partner_id: Uuid) -> anyhow::Result<Option<DispatchView>> {
+pub async fn find(
+    pool: &PgPool,
+    id: Uuid,
+    partner_id: Uuid,
+) -> anyhow::Result<Option<DispatchView>> {
     sqlx::query_as(
         "SELECT id, status, attempts, last_error, created_at, expires_at, sent_at
            FROM dispatches WHERE id = $1 AND partner_id = $2",

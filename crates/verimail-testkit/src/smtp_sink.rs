@@ -1,9 +1,10 @@
 //! An in-process SMTP server for tests.
 //!
-//! It speaks just enough ESMTP for lettre (greeting, EHLO/HELO, AUTH PLAIN,
-//! MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT), keeps every
-//! accepted mail, and can be scripted per message to reject or misbehave, so
-//! the worker's retry classification can be tested without a real MTA.
+//! It speaks just enough ESMTP for lettre (greeting, EHLO/HELO, STARTTLS,
+//! AUTH PLAIN, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT),
+//! optionally behind TLS with a throwaway certificate, keeps every accepted
+//! mail, and can be scripted per message to reject or misbehave, so retry
+//! classification can be tested without a real MTA.
 
 use std::collections::VecDeque;
 use std::io;
@@ -298,7 +299,8 @@ impl SmtpSink {
         self.shared.tls.as_ref().map(|t| t.certificate_der.clone())
     }
 
-    /// Queues a behaviour for the next message that has none queued yet.
+    /// Appends to the script: each new message (at MAIL FROM) takes the
+    /// first queued behaviour, or the default once the queue is empty.
     pub fn push_behaviour(&self, behaviour: Behaviour) {
         lock(&self.shared.script).queue.push_back(behaviour);
     }

@@ -6,10 +6,10 @@ use axum::http::HeaderMap;
 use uuid::Uuid;
 use verimail_core::ErrorCode;
 
+use crate::auth;
 use crate::error::{ApiError, Result};
 use crate::startup::AppState;
 use crate::store::{self, DispatchView};
-use crate::auth;
 
 pub async fn show(
     State(state): State<AppState>,

@@ -15,10 +15,21 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready when Postgres answers and the broker can be reached.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await;
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await;
     let db_ok = matches!(db, Ok(Ok(_)));
     let broker_ok = state.publisher.ready().await.is_ok();
-    let status = if db_ok && broker_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db_ok && broker_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (status, Json(json!({"postgres": word(db_ok), "rabbitmq": word(broker_ok)})))
+    (
+        status,
+        Json(json!({"postgres": word(db_ok), "rabbitmq": word(broker_ok)})),
+    )
 }

@@ -16,9 +16,12 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// Reads the body ourselves so an oversized one is a CBC error, not axum's
 /// plain-text 413.
 pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_LIMIT)
-        .await
-        .map_err(|_| ApiError::with_message(ErrorCode::ParameterError, "Parameter error. The body exceeds 16 KiB."))
+    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        ApiError::with_message(
+            ErrorCode::ParameterError,
+            "Parameter error. The body exceeds 16 KiB.",
+        )
+    })
 }
 
 /// Only JSON is accepted (`application/json`, any parameters).
@@ -31,6 +34,9 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     if is_json {
         Ok(())
     } else {
-        Err(ApiError::with_message(ErrorCode::ParameterError, "Parameter error. Content-Type must be application/json."))
+        Err(ApiError::with_message(
+            ErrorCode::ParameterError,
+            "Parameter error. Content-Type must be application/json.",
+        ))
     }
 }

@@ -43,14 +43,27 @@ pub async fn send(
     match store::accept(&state.pool, new, state.settings.rate_limit).await {
         Ok(Admission::Accepted) => {}
         Ok(Admission::RateLimited) => return Err(ApiError::new(ErrorCode::RateLimited)),
-        Err(error) => return Err(ApiError::infra(ErrorCode::CodeNotRecorded, "recording a dispatch failed", &error)),
+        Err(error) => {
+            return Err(ApiError::infra(
+                ErrorCode::CodeNotRecorded,
+                "recording a dispatch failed",
+                &error,
+            ));
+        }
     }
 
     if let Err(error) = state.publisher.publish(id).await {
-        tracing::error!(error = format!("{error:#}"), "handing the dispatch to RabbitMQ failed");
-        if let Err(db_error) = store::mark_handoff_failed(&state.pool, id, &error.to_string()).await {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "handing the dispatch to RabbitMQ failed"
+        );
+        if let Err(db_error) = store::mark_handoff_failed(&state.pool, id, &error.to_string()).await
+        {
             // The row stays queued: the worker's sweeper will still deliver it.
-            tracing::error!(error = format!("{db_error:#}"), "recording the failed hand-off failed");
+            tracing::error!(
+                error = format!("{db_error:#}"),
+                "recording the failed hand-off failed"
+            );
         }
         return Err(ApiError::new(ErrorCode::HandOffFailed));
     }

@@ -53,13 +53,20 @@ impl From<lettre::transport::smtp::Error> for ConnectCause {
     }
 }
 
+/// A TCP connection with Nagle's algorithm off: lettre 0.11.23 never sets
+/// TCP_NODELAY, and each mail then waits ~40 ms for the server's delayed ACK.
+pub(super) async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
 /// Connects, greets, secures and authenticates as the config asks.
 /// Not time-bounded here: the pool wraps the whole setup in one timeout.
 pub(super) async fn open(config: &SmtpConfig) -> Result<AsyncSmtpConnection, ConnectError> {
-    let tcp = TcpStream::connect((config.host.as_str(), config.port))
+    let tcp = dial(&config.host, config.port)
         .await
         .map_err(at("connect"))?;
-    tcp.set_nodelay(true).map_err(at("connect"))?;
 
     let mut conn = match &config.security {
         Security::Implicit(tls) => {
@@ -157,5 +164,18 @@ impl AsyncTokioStream for ImplicitTls {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         #[allow(deprecated)]
         self.0.get_ref().peer_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn smtp_sockets_are_opened_without_nagle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let tcp = super::dial("127.0.0.1", port).await.expect("dial");
+        assert!(tcp.nodelay().expect("read TCP_NODELAY"));
     }
 }
