@@ -41,6 +41,20 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage AK/SK pairs for SDK-signed requests.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create an AK/SK pair; prints access_key, secret_key (shown once) and domain_id.
+    Create {
+        #[arg(long)]
+        partner: Uuid,
+    },
+    /// Revoke an access key.
+    Revoke { access_key: String },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +193,23 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
                 .expires_at
                 .format(&time::format_description::well_known::Rfc3339)?;
             print(json!({"token": issued.token, "partner_id": partner, "expires_at": expires_at}));
+        }
+        Command::Key(KeyCommand::Create { partner }) => {
+            let keys = Keys::derive(&config::require_secret(env)?);
+            let pool = db::pool(&common.db())?;
+            let created = accounts::create_access_key(&pool, &keys, partner).await?;
+            // The SDKs' domain_id is 32 hex digits; verimail accepts either UUID spelling.
+            print(
+                json!({"access_key": created.access_key, "secret_key": created.secret_key,
+                         "domain_id": partner.simple().to_string()}),
+            );
+        }
+        Command::Key(KeyCommand::Revoke { access_key }) => {
+            let pool = db::pool(&common.db())?;
+            if !accounts::revoke_access_key(&pool, &access_key).await? {
+                anyhow::bail!("no live access key matches");
+            }
+            print(json!({"revoked": true}));
         }
         Command::Token(TokenCommand::Revoke { token }) => {
             let pool = db::pool(&common.db())?;

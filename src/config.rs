@@ -50,6 +50,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("VERIMAIL_CODE_LENGTH", "6", "digits in a code (4..=10)"),
     (
+        "VERIMAIL_AUTH_CACHE_TTL",
+        "5s",
+        "how long a verified token or access key is trusted without asking Postgres (bounds how late a revocation takes effect; 0s disables)",
+    ),
+    (
         "VERIMAIL_DB_POOL_SIZE",
         "16",
         "Postgres connections per process",
@@ -252,6 +257,7 @@ pub struct Intake {
     pub publish_timeout: Duration,
     pub rate_limit: RateLimit,
     pub code_length: usize,
+    pub auth_cache_ttl: Duration,
 }
 
 impl Intake {
@@ -268,6 +274,10 @@ impl Intake {
                 "VERIMAIL_CODE_LENGTH",
                 number(*Code::LEN_RANGE.start(), *Code::LEN_RANGE.end()),
             )?,
+            auth_cache_ttl: read(src, "VERIMAIL_AUTH_CACHE_TTL", |s| {
+                humantime::parse_duration(s)
+                    .map_err(|e| format!("{e} (expected a duration like 5s, or 0s)"))
+            })?,
         })
     }
 
@@ -282,6 +292,7 @@ impl Intake {
             },
             rate_limit: self.rate_limit,
             code_length: self.code_length,
+            auth_cache_ttl: self.auth_cache_ttl,
         }
     }
 }

@@ -51,13 +51,21 @@ async fn a_full_send_logs_no_code_token_secret_or_address() {
     wait_status(&db.pool, id, &["sent"], Duration::from_secs(15)).await;
     let code = find_code(&mails[0].text().unwrap(), 6).unwrap();
     // A wrong token and a garbage body also pass through the logs.
-    let _ = intake.send("vmt_this-is-a-wrong-token", &valid_body(email)).await;
+    let _ = intake
+        .send("vmt_this-is-a-wrong-token", &valid_body(email))
+        .await;
     worker.stop().await.unwrap();
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains(&id.to_string()), "the capture works: the dispatch id is logged");
+    assert!(
+        logs.contains(&id.to_string()),
+        "the capture works: the dispatch id is logged"
+    );
     assert!(logs.contains("mail sent"));
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "all levels were captured");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "all levels were captured"
+    );
     for (what, secret) in [
         ("code", code.as_str()),
         ("token", p.token.as_str()),

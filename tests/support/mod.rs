@@ -106,6 +106,8 @@ pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
         },
         rate_limit: RateLimit::DEFAULT,
         code_length: 6,
+        // Off, so tests see revocations at once; a dedicated test covers the cache.
+        auth_cache_ttl: Duration::ZERO,
     }
 }
 

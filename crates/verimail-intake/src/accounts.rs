@@ -6,6 +6,7 @@ use rand::RngCore;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use verimail_core::secrets::Keys;
 
 pub const TOKEN_PREFIX: &str = "vmt_";
 
@@ -109,5 +110,61 @@ pub async fn revoke_token(pool: &PgPool, token: &str) -> anyhow::Result<bool> {
     .execute(pool)
     .await
     .context("revoking the token")?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub struct AccessKey {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// Letters and digits, like Huawei Cloud's own keys, so SDKs and tools that
+/// validate their shape accept them.
+fn random_alphanumeric(len: usize, upper_only: bool) -> String {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    const MIXED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let alphabet = if upper_only { UPPER } else { MIXED };
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| char::from(alphabet[rand::Rng::gen_range(&mut rng, 0..alphabet.len())]))
+        .collect()
+}
+
+/// Creates an AK/SK pair; the SK is sealed at rest and returned only here.
+pub async fn create_access_key(
+    pool: &PgPool,
+    keys: &Keys,
+    partner_id: Uuid,
+) -> Result<AccessKey, AccountError> {
+    let access_key = random_alphanumeric(20, true);
+    let secret_key = random_alphanumeric(40, false);
+    let inserted = sqlx::query(
+        "INSERT INTO access_keys (access_key, partner_id, secret_sealed)
+         SELECT $1, id, $3 FROM partners WHERE id = $2",
+    )
+    .bind(&access_key)
+    .bind(partner_id)
+    .bind(keys.seal_access_secret(&access_key, &secret_key))
+    .execute(pool)
+    .await
+    .context("inserting the access key")?;
+    if inserted.rows_affected() == 0 {
+        return Err(AccountError::UnknownPartner(partner_id));
+    }
+    Ok(AccessKey {
+        access_key,
+        secret_key,
+    })
+}
+
+/// Returns whether a live key was revoked.
+pub async fn revoke_access_key(pool: &PgPool, access_key: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE access_keys SET revoked_at = now() WHERE access_key = $1 AND revoked_at IS NULL",
+    )
+    .bind(access_key.trim())
+    .execute(pool)
+    .await
+    .context("revoking the access key")?;
     Ok(done.rows_affected() == 1)
 }

@@ -50,6 +50,9 @@ pub struct IntakeSettings {
     pub amqp: AmqpSettings,
     pub rate_limit: RateLimit,
     pub code_length: usize,
+    /// How long a verified credential is trusted without asking Postgres:
+    /// the bound on how late a revocation or suspension takes effect.
+    pub auth_cache_ttl: Duration,
 }
 
 #[cfg(test)]

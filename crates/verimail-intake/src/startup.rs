@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use verimail_core::ErrorCode;
 use verimail_core::secrets::Keys;
 
+use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::publisher::Publisher;
 use crate::routes::{dispatches, health, send};
@@ -21,6 +22,7 @@ use crate::{IntakeSettings, request_id};
 pub struct AppState {
     pub pool: PgPool,
     pub keys: Keys,
+    pub auth: Arc<Authenticator>,
     pub publisher: Arc<Publisher>,
     pub settings: Arc<IntakeSettings>,
 }
@@ -60,9 +62,15 @@ impl Application {
                 "RabbitMQ not reachable at start; will retry"
             );
         }
+        let auth = Arc::new(Authenticator::new(
+            pool.clone(),
+            keys.clone(),
+            settings.auth_cache_ttl,
+        ));
         let state = AppState {
             pool,
             keys,
+            auth,
             publisher,
             settings: Arc::new(settings),
         };

@@ -2,11 +2,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method, Uri};
 use uuid::Uuid;
 use verimail_core::ErrorCode;
 
-use crate::auth;
+use crate::auth::Presented;
 use crate::error::{ApiError, Result};
 use crate::startup::AppState;
 use crate::store::{self, DispatchView};
@@ -14,9 +14,17 @@ use crate::store::{self, DispatchView};
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<DispatchView>> {
-    let caller = auth::authenticate(&state.pool, &state.keys, &headers).await?;
+    let presented = Presented {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &[],
+    };
+    let caller = state.auth.authenticate(&presented).await?;
     // Another partner's id is answered exactly like an unknown one.
     let not_found = || ApiError::new(ErrorCode::NotFound);
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;

@@ -1,0 +1,67 @@
+//! A small time-bounded cache of verified credentials.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries beyond this are dropped wholesale: credentials are few, and a
+/// flood of unknown ones is never cached (only found ones are).
+const MAX_ENTRIES: usize = 10_000;
+
+pub struct Cache<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> Cache<K, V> {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Option<V> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn put(&self, key: K, value: V) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_live_for_the_ttl_only() {
+        let cache = Cache::new(Duration::from_millis(30));
+        cache.put("k", 1);
+        assert_eq!(cache.get(&"k"), Some(1));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(cache.get(&"k"), None);
+    }
+
+    #[test]
+    fn a_zero_ttl_disables_caching() {
+        let cache = Cache::new(Duration::ZERO);
+        cache.put("k", 1);
+        assert_eq!(cache.get(&"k"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! Who is calling: `X-Auth-Token`, or a request signed with AK/SK exactly as
+//! Huawei Cloud's SDKs sign it. Both end in the same account checks, so the
+//! outcomes (401 / 403 / CBC.99000035) are the same for the same partner.
+//!
+//! Verified credentials are cached for `cache_ttl` (default 5 s): the hot
+//! path then costs no database round trip, and a revocation, suspension or
+//! expiry takes effect within that bound.
+
+mod cache;
+mod signature;
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, Uri};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use verimail_core::ErrorCode;
+use verimail_core::secrets::{self, Keys};
+
+use self::cache::Cache;
+use crate::error::ApiError;
+
+pub const TOKEN_HEADER: &str = "x-auth-token";
+
+/// An authenticated partner allowed to call the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub partner_id: Uuid,
+}
+
+/// The account behind a credential, as last read from Postgres.
+#[derive(Debug, Clone)]
+struct Account {
+    partner_id: Uuid,
+    kind: String,
+    status: String,
+    expires_at: Option<OffsetDateTime>,
+    revoked: bool,
+}
+
+/// What a request presents, borrowed from it.
+pub struct Presented<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+pub struct Authenticator {
+    pool: PgPool,
+    keys: Keys,
+    tokens: Cache<Vec<u8>, Account>,
+    access_keys: Cache<String, (Account, Vec<u8>)>,
+    max_skew: Duration,
+}
+
+impl Authenticator {
+    pub fn new(pool: PgPool, keys: Keys, cache_ttl: Duration) -> Self {
+        Self {
+            pool,
+            keys,
+            tokens: Cache::new(cache_ttl),
+            access_keys: Cache::new(cache_ttl),
+            max_skew: verimail_core::sdk_signature::DEFAULT_MAX_SKEW,
+        }
+    }
+
+    pub async fn authenticate(&self, request: &Presented<'_>) -> Result<Caller, ApiError> {
+        let authorization = request.headers.get(axum::http::header::AUTHORIZATION);
+        if let Some(value) = authorization {
+            let value = value
+                .to_str()
+                .map_err(|_| unauthenticated("the Authorization header is malformed"))?;
+            if value.trim_start().starts_with("SDK-") {
+                let account = self.signed(request, value).await?;
+                return admit(&account);
+            }
+        }
+        match request
+            .headers
+            .get(TOKEN_HEADER)
+            .map(|v| v.to_str().map(str::trim))
+        {
+            Some(Ok(token)) if !token.is_empty() => {
+                let account = self.token(token).await?;
+                admit(&account)
+            }
+            Some(_) => Err(unauthenticated("the token is not valid")),
+            None => Err(unauthenticated(
+                "no credentials: send X-Auth-Token or an AK/SK-signed request",
+            )),
+        }
+    }
+
+    async fn token(&self, token: &str) -> Result<Account, ApiError> {
+        let digest = secrets::token_digest(token);
+        let account = match self.tokens.get(&digest) {
+            Some(account) => account,
+            None => {
+                let account = lookup_token(&self.pool, &digest).await?;
+                if let Some(account) = &account {
+                    self.tokens.put(digest, account.clone());
+                }
+                account.ok_or_else(|| unauthenticated("the token is not valid"))?
+            }
+        };
+        if account.revoked {
+            return Err(unauthenticated("the token has been revoked"));
+        }
+        if account
+            .expires_at
+            .is_some_and(|at| at <= OffsetDateTime::now_utc())
+        {
+            return Err(unauthenticated("the token has expired"));
+        }
+        Ok(account)
+    }
+
+    async fn signed(
+        &self,
+        request: &Presented<'_>,
+        authorization: &str,
+    ) -> Result<Account, ApiError> {
+        let parsed = verimail_core::sdk_signature::parse_authorization(authorization)
+            .map_err(|e| unauthenticated(&e.to_string()))?;
+        let (account, secret) = match self.access_keys.get(&parsed.access_key) {
+            Some(found) => found,
+            None => {
+                let found =
+                    signature::lookup_key(&self.pool, &self.keys, &parsed.access_key).await?;
+                if let Some(found) = &found {
+                    self.access_keys
+                        .put(parsed.access_key.clone(), found.clone());
+                }
+                found.ok_or_else(|| unauthenticated("the access key is not valid"))?
+            }
+        };
+        if account.revoked {
+            return Err(unauthenticated("the access key has been revoked"));
+        }
+        signature::verify(request, &parsed, &secret, self.max_skew)
+            .map_err(|e| unauthenticated(&e))?;
+        signature::check_domain(request.headers, account.partner_id)
+            .map_err(|e| unauthenticated(&e))?;
+        Ok(account)
+    }
+}
+
+async fn lookup_token(pool: &PgPool, digest: &[u8]) -> Result<Option<Account>, ApiError> {
+    let row: Option<(Uuid, String, String, OffsetDateTime, bool)> = sqlx::query_as(
+        "SELECT t.partner_id, p.kind, p.status, t.expires_at, t.revoked_at IS NOT NULL
+           FROM tokens t JOIN partners p ON p.id = t.partner_id
+          WHERE t.digest = $1",
+    )
+    .bind(digest)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| ApiError::infra(ErrorCode::Internal, "looking up a token failed", &e.into()))?;
+    Ok(
+        row.map(|(partner_id, kind, status, expires_at, revoked)| Account {
+            partner_id,
+            kind,
+            status,
+            expires_at: Some(expires_at),
+            revoked,
+        }),
+    )
+}
+
+/// The account checks shared by every way of authenticating.
+fn admit(account: &Account) -> Result<Caller, ApiError> {
+    if account.kind != "partner" {
+        return Err(ApiError::new(ErrorCode::NotPartner));
+    }
+    if account.status != "active" {
+        return Err(ApiError::with_message(
+            ErrorCode::Forbidden,
+            "Access denied: the partner is suspended.",
+        ));
+    }
+    Ok(Caller {
+        partner_id: account.partner_id,
+    })
+}
+
+fn unauthenticated(why: &str) -> ApiError {
+    ApiError::with_message(
+        ErrorCode::Unauthenticated,
+        format!("Authentication failed: {why}."),
+    )
+}
