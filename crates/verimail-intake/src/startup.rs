@@ -15,7 +15,7 @@ use verimail_core::secrets::Keys;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::publisher::Publisher;
-use crate::routes::{dispatches, health, send};
+use crate::routes::{check, dispatches, health, send};
 use crate::{IntakeSettings, request_id};
 
 #[derive(Clone)]
@@ -30,6 +30,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2/bases/verificationcode/send", post(send::send))
+        .route("/v2/bases/verificationcode/check", post(check::check))
         .route(
             "/v2/bases/verificationcode/dispatches/{id}",
             get(dispatches::show),

@@ -100,3 +100,103 @@ pub async fn find(
     .await
     .context("reading the dispatch")
 }
+
+/// Wrong tries after which a code is void (SPEC §4).
+pub const MAX_CHECK_FAILURES: i32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The code matched and is now consumed.
+    Verified(Uuid),
+    Wrong,
+    /// Too many wrong tries: nothing verifies this code any more.
+    Void,
+    /// Expired, used, superseded, never sent, or no code at all.
+    NotPending,
+}
+
+/// Checks a code against the newest dispatch this partner made for the
+/// address. The row is locked for the check, so concurrent checks are
+/// serialised: one consumption, and never more than the allowed wrong tries.
+pub async fn check_code(
+    pool: &PgPool,
+    keys: &verimail_core::secrets::Keys,
+    partner_id: Uuid,
+    request: &verimail_core::CheckRequest,
+) -> anyhow::Result<CheckOutcome> {
+    let mut tx = pool.begin().await.context("starting the check")?;
+    let newest: Option<(Uuid, String, i32, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT id, status, check_failures, code_digest, expires_at <= now()
+           FROM dispatches
+          WHERE recipient = $1 AND partner_id = $2
+          ORDER BY created_at DESC
+          LIMIT 1
+            FOR UPDATE",
+    )
+    .bind(request.email.normalised())
+    .bind(partner_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .context("reading the newest dispatch")?;
+    let Some((id, status, failures, digest, expired)) = newest else {
+        return Ok(CheckOutcome::NotPending);
+    };
+    let checkable = matches!(status.as_str(), "queued" | "sending" | "retrying" | "sent");
+    if !checkable || expired {
+        return Ok(CheckOutcome::NotPending);
+    }
+    if failures >= MAX_CHECK_FAILURES {
+        return Ok(CheckOutcome::Void);
+    }
+    let outcome = if keys.code_matches(id, &request.code, &digest) {
+        // Consumed: a queued mail is no longer worth sending, and the sealed
+        // copy is no longer needed.
+        sqlx::query(
+            "UPDATE dispatches SET status = 'verified', code_sealed = NULL, updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .context("consuming the code")?;
+        CheckOutcome::Verified(id)
+    } else if matches_an_older_code(&mut tx, keys, id, partner_id, request).await? {
+        // A code from an earlier mail: superseded, not mistyped, so it does
+        // not count as a wrong try.
+        CheckOutcome::NotPending
+    } else {
+        sqlx::query("UPDATE dispatches SET check_failures = check_failures + 1, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .context("counting a wrong try")?;
+        CheckOutcome::Wrong
+    };
+    tx.commit().await.context("committing the check")?;
+    Ok(outcome)
+}
+
+async fn matches_an_older_code(
+    tx: &mut sqlx::PgConnection,
+    keys: &verimail_core::secrets::Keys,
+    newest: Uuid,
+    partner_id: Uuid,
+    request: &verimail_core::CheckRequest,
+) -> anyhow::Result<bool> {
+    // The daily rate limit bounds how many there can be.
+    let older: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, code_digest FROM dispatches
+          WHERE recipient = $1 AND partner_id = $2 AND id <> $3
+            AND created_at > now() - interval '1 day'
+          ORDER BY created_at DESC
+          LIMIT 100",
+    )
+    .bind(request.email.normalised())
+    .bind(partner_id)
+    .bind(newest)
+    .fetch_all(&mut *tx)
+    .await
+    .context("reading older dispatches")?;
+    Ok(older
+        .iter()
+        .any(|(id, digest)| keys.code_matches(*id, &request.code, digest)))
+}

@@ -63,7 +63,7 @@ impl Processor {
         let recorded = store::finish(&self.pool, id, outcome.clone(), false).await?;
         if !recorded {
             tracing::warn!(
-                "the lease ran out before the outcome was recorded; another worker owns it"
+                "the dispatch changed while sending (lease ran out, or the code was already used); outcome not recorded"
             );
             return Ok(Next::Ack);
         }

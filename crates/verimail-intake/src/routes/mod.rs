@@ -1,5 +1,6 @@
 //! HTTP routes, one file per resource.
 
+pub mod check;
 pub mod dispatches;
 pub mod health;
 pub mod send;

@@ -1,0 +1,43 @@
+//! `POST /v2/bases/verificationcode/check` — SPEC §4: consumes the newest
+//! code the calling partner requested for the address.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use verimail_core::{CheckRequest, ErrorCode};
+
+use crate::auth::Presented;
+use crate::error::{ApiError, Result};
+use crate::routes;
+use crate::startup::AppState;
+use crate::store::{self, CheckOutcome};
+
+pub async fn check(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let body = routes::read_body(body).await?;
+    let presented = Presented {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+    };
+    let caller = state.auth.authenticate(&presented).await?;
+    routes::require_json(&headers)?;
+    let request = CheckRequest::parse(&body)?;
+    let outcome = store::check_code(&state.pool, &state.keys, caller.partner_id, &request)
+        .await
+        .map_err(|e| ApiError::infra(ErrorCode::Internal, "checking a code failed", &e))?;
+    tracing::info!(outcome = ?outcome, email = request.email.redacted(), "code checked");
+    match outcome {
+        CheckOutcome::Verified(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        CheckOutcome::Wrong => Err(ApiError::new(ErrorCode::CodeWrong)),
+        CheckOutcome::Void => Err(ApiError::new(ErrorCode::CodeVoid)),
+        CheckOutcome::NotPending => Err(ApiError::new(ErrorCode::CodeExpired)),
+    }
+}
