@@ -129,7 +129,30 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             let worker = config::Worker::load(env)?;
             let keys = Keys::derive(&config::require_secret(env)?);
             let pool = db::pool(&common.db())?;
-            verimail_worker::run(worker.settings(&common), pool, keys, shutdown_signal()).await?;
+            let listener = tokio::net::TcpListener::bind(worker.metrics_listen)
+                .await
+                .with_context(|| {
+                    format!("binding VERIMAIL_METRICS_LISTEN {}", worker.metrics_listen)
+                })?;
+            tracing::info!(addr = %worker.metrics_listen, "worker metrics listening");
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut metrics_stopped = stopped.clone();
+            let metrics = tokio::spawn(verimail_intake::metrics_server::serve(
+                listener,
+                async move {
+                    let _ = metrics_stopped.wait_for(|s| *s).await;
+                },
+            ));
+            let worker_task = tokio::spawn(verimail_worker::run_until(
+                worker.settings(&common),
+                pool,
+                keys,
+                stopped,
+            ));
+            shutdown_signal().await;
+            let _ = stop.send(true);
+            worker_task.await.context("worker task")??;
+            metrics.await.context("metrics task")??;
         }
         Command::All => {
             let intake = config::Intake::load(env)?;

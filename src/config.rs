@@ -107,6 +107,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "connect and per-command SMTP timeout",
     ),
     (
+        "VERIMAIL_METRICS_LISTEN",
+        "127.0.0.1:9091",
+        "address of the worker's Prometheus /metrics (the intake serves /metrics on its API port)",
+    ),
+    (
         "VERIMAIL_SHUTDOWN_GRACE",
         "10s",
         "how long in-flight sends may finish on SIGTERM",
@@ -309,6 +314,7 @@ pub struct Worker {
     pub smtp_connections: usize,
     pub smtp_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub metrics_listen: SocketAddr,
 }
 
 impl Worker {
@@ -328,6 +334,10 @@ impl Worker {
             smtp_connections: read(src, "VERIMAIL_SMTP_CONNECTIONS", number(1, 1000))?,
             smtp_timeout: read(src, "VERIMAIL_SMTP_TIMEOUT", duration)?,
             shutdown_grace: read(src, "VERIMAIL_SHUTDOWN_GRACE", duration)?,
+            metrics_listen: read(src, "VERIMAIL_METRICS_LISTEN", |s| {
+                s.parse()
+                    .map_err(|_| "expected HOST:PORT, like 127.0.0.1:9091".into())
+            })?,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod code;
 pub mod db;
 pub mod error_code;
 pub mod message;
+pub mod metrics;
 pub mod request;
 pub mod sdk_signature;
 pub mod secrets;

@@ -14,6 +14,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use uuid::Uuid;
 use verimail_core::DispatchMessage;
 use verimail_core::amqp::{self, DISPATCH_ROUTING_KEY, Topology};
+use verimail_core::metrics as m;
 
 use crate::settings::AmqpSettings;
 
@@ -33,6 +34,18 @@ pub enum PublishError {
     Nacked,
     #[error("the message was unroutable: {0}")]
     Returned(String),
+}
+
+impl PublishError {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Unreachable(_) => "unreachable",
+            Self::Channel(_) => "channel",
+            Self::Nacked => "nack",
+            Self::Returned(_) => "unroutable",
+        }
+    }
 }
 
 struct Link {
@@ -66,6 +79,20 @@ impl Publisher {
     /// Publishes one dispatch id and waits for the broker's confirm.
     pub async fn publish(&self, dispatch_id: Uuid) -> Result<(), PublishError> {
         let timeout = self.settings.publish_timeout;
+        let started = Instant::now();
+        let result = self.publish_bounded(dispatch_id, timeout).await;
+        metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!(m::PUBLISH_FAILURES, "reason" => error.kind()).increment(1);
+        }
+        result
+    }
+
+    async fn publish_bounded(
+        &self,
+        dispatch_id: Uuid,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
         match tokio::time::timeout(timeout, self.publish_unbounded(dispatch_id)).await {
             Ok(result) => result,
             Err(_) => {

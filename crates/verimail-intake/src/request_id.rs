@@ -2,12 +2,13 @@
 //! request's log span, answers as `X-Request-Id`, and becomes the dispatch id
 //! when the request creates one.
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 use uuid::Uuid;
+use verimail_core::metrics as m;
 
 pub const HEADER: &str = "x-request-id";
 
@@ -16,6 +17,12 @@ pub struct RequestId(pub Uuid);
 
 pub async fn layer(mut request: Request, next: Next) -> Response {
     let id = Uuid::now_v7();
+    // The route template, not the raw path: ids in paths would explode the label set.
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     request.extensions_mut().insert(RequestId(id));
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     async move {
@@ -28,6 +35,11 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
             .extensions()
             .get::<verimail_core::ErrorCode>()
             .map(|c| c.code());
+        let outcome = code.map_or_else(|| response.status().as_u16().to_string(), str::to_owned);
+        metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(m::HTTP_DURATION, "endpoint" => endpoint)
+            .record(started.elapsed().as_secs_f64());
         tracing::info!(
             status = response.status().as_u16(),
             error_code = code,

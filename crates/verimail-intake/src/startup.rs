@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::with_message(ErrorCode::NotFound, "No such resource.") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed) })
         .layer(axum::middleware::from_fn(request_id::layer))
@@ -54,6 +55,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        verimail_core::metrics::install();
         let publisher = Arc::new(Publisher::new(settings.amqp.clone()));
         // Connect eagerly so a misconfigured broker shows at start; a broker
         // that is merely down is retried by the first request.

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use verimail_core::DispatchMessage;
 use verimail_core::amqp::{self, Topology};
+use verimail_core::metrics as m;
 
 use crate::process::{Next, Processor};
 
@@ -94,9 +95,11 @@ async fn session(
     );
 
     let mut in_flight = JoinSet::new();
+    let mut depth_tick = tokio::time::interval(DEPTH_SAMPLE_EVERY);
     let result = loop {
         tokio::select! {
             _ = shutdown.changed() => break Ok(()),
+            _ = depth_tick.tick() => sample_depths(&publisher, topology).await,
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 if let Err(error) = done {
                     tracing::error!(error = %error, "a message task panicked");
@@ -186,8 +189,28 @@ async fn handle_inner(
     Ok(())
 }
 
+/// How often the queue depths (the backlog workers have not taken yet) are sampled.
+const DEPTH_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+async fn sample_depths(channel: &Channel, topology: &Topology) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for queue in [topology.dispatch_queue(), topology.dead_queue()] {
+        if let Ok(declared) = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            metrics::gauge!(m::QUEUE_DEPTH, "queue" => queue)
+                .set(f64::from(declared.message_count()));
+        }
+    }
+}
+
 async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
     tracing::warn!(reason, "message sent to the dead-letter queue");
+    metrics::counter!(m::DEAD_LETTERED).increment(1);
     // The dispatch queue's dead-letter exchange takes it; it is never requeued.
     let options = BasicNackOptions {
         requeue: false,

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use verimail_core::Lang;
+use verimail_core::metrics as m;
 use verimail_core::request::redact;
 use verimail_core::secrets::Keys;
 
@@ -46,6 +47,7 @@ impl Processor {
                 return Ok(Next::Ack);
             }
             Claim::Expired => {
+                metrics::counter!(m::DISPATCHES_FINISHED, "status" => "expired").increment(1);
                 tracing::info!("expired before it could be sent");
                 return Ok(Next::Ack);
             }
@@ -53,6 +55,15 @@ impl Processor {
             Claim::Missing => return Ok(Next::DeadLetter("no such dispatch".into())),
         };
         let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
+        if attempts == 1 {
+            // How long the first claim came after the request: the consumer lag.
+            let created =
+                claimed.expires_at - time::Duration::minutes(i64::from(claimed.ttl_minutes));
+            let lag = (OffsetDateTime::now_utc() - created)
+                .as_seconds_f64()
+                .max(0.0);
+            metrics::histogram!(m::CLAIM_LAG).record(lag);
+        }
         let outcome = match self.attempt(id, &claimed).await {
             Ok(()) => Outcome::Sent,
             Err(SendError::Permanent(reason)) => Outcome::Failed(reason),
@@ -66,6 +77,18 @@ impl Processor {
                 "the dispatch changed while sending (lease ran out, or the code was already used); outcome not recorded"
             );
             return Ok(Next::Ack);
+        }
+        let final_status = match &outcome {
+            Outcome::Sent => Some("sent"),
+            Outcome::Failed(_) => Some("failed"),
+            Outcome::Expired(_) => Some("expired"),
+            Outcome::Retry { .. } => None,
+        };
+        match final_status {
+            Some(status) => {
+                metrics::counter!(m::DISPATCHES_FINISHED, "status" => status).increment(1)
+            }
+            None => metrics::counter!(m::SMTP_RETRIES).increment(1),
         }
         match outcome {
             Outcome::Sent => {
@@ -102,7 +125,16 @@ impl Processor {
         let message = mail::render(&self.settings.mail, &mail)
             .map_err(|e| SendError::Permanent(format!("the mail could not be rendered: {e}")))?;
         drop(code);
-        self.transport.send(&message).await
+        let started = std::time::Instant::now();
+        let sent = self.transport.send(&message).await;
+        let result = match &sent {
+            Ok(()) => "ok",
+            Err(SendError::Transient(_)) => "transient",
+            Err(SendError::Permanent(_)) => "permanent",
+        };
+        metrics::histogram!(m::SMTP_DURATION, "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        sent
     }
 
     fn after_transient(

@@ -9,6 +9,18 @@ use serde_json::{Value, json};
 
 use crate::startup::AppState;
 
+/// Prometheus text format.
+pub async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let body = verimail_core::metrics::install().render();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+}
+
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }

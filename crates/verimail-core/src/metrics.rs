@@ -1,0 +1,49 @@
+//! Prometheus metrics: one recorder per process, names in one place.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "verimail_http_requests_total";
+pub const HTTP_DURATION: &str = "verimail_http_request_duration_seconds";
+pub const PUBLISH_DURATION: &str = "verimail_publish_duration_seconds";
+pub const PUBLISH_FAILURES: &str = "verimail_publish_failures_total";
+pub const DISPATCHES_FINISHED: &str = "verimail_dispatches_finished_total";
+pub const SMTP_DURATION: &str = "verimail_smtp_send_duration_seconds";
+pub const SMTP_RETRIES: &str = "verimail_smtp_retries_total";
+pub const DEAD_LETTERED: &str = "verimail_dead_lettered_total";
+pub const CLAIM_LAG: &str = "verimail_dispatch_claim_lag_seconds";
+pub const QUEUE_DEPTH: &str = "verimail_queue_depth";
+pub const SWEPT: &str = "verimail_swept_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns the handle that
+/// renders the text format. Later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(CLAIM_LAG.into()), LAG_BUCKETS)
+                });
+            match builder {
+                Ok(builder) => {
+                    let recorder = builder.build_recorder();
+                    let handle = recorder.handle();
+                    // Another recorder may already be installed (by an embedding
+                    // program); ours then renders nothing, which is harmless.
+                    let _ = metrics::set_global_recorder(recorder);
+                    handle
+                }
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}

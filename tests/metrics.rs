@@ -1,0 +1,126 @@
+//! `/metrics` counts requests by outcome and dispatches by final state.
+//! Its own test binary: the recorder is process-wide.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use verimail_intake::accounts::AccountKind;
+use verimail_testkit::smtp_sink::SmtpSink;
+
+/// The value of one sample line, e.g. `name{a="b"} 3`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let matches =
+                series[name.len()..].starts_with(['{', ' ']) || series.len() == name.len();
+            let all = labels
+                .iter()
+                .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")));
+            (matches && all).then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_final_states_are_counted() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let sink = SmtpSink::start().await;
+    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
+    let worker = TestWorker::spawn(worker_settings(&prefix, Some(sink.url())), &db.url).await;
+    let p = partner(&db.pool, AccountKind::Partner, false).await;
+
+    let reply = intake
+        .send(&p.token, &valid_body("metrics@example.com"))
+        .await;
+    assert_eq!(reply.status, 204);
+    let bad = intake
+        .send(&p.token, &serde_json::json!({"receiver_type": 3}))
+        .await;
+    assert_eq!(bad.error_code().as_deref(), Some("CBC.0100"));
+    let id: uuid::Uuid = reply.request_id.unwrap().parse().unwrap();
+    wait_status(&db.pool, id, &["sent"], Duration::from_secs(15)).await;
+
+    let scrape = Reply::read(
+        intake
+            .client
+            .get(intake.url("/metrics"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(scrape.status, 200);
+    let text = scrape.body;
+    let send = "/v2/bases/verificationcode/send";
+    assert_eq!(
+        sample(
+            &text,
+            "verimail_http_requests_total",
+            &[("endpoint", send), ("outcome", "204")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "verimail_http_requests_total",
+            &[("endpoint", send), ("outcome", "CBC.0100")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "verimail_dispatches_finished_total",
+            &[("status", "sent")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(&text, "verimail_publish_duration_seconds_count", &[]).is_some_and(|n| n >= 1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            "verimail_smtp_send_duration_seconds_count",
+            &[("result", "ok")]
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    assert!(
+        text.contains("verimail_http_request_duration_seconds_bucket"),
+        "latencies are histograms"
+    );
+
+    // The worker's own metrics port serves the same registry.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(verimail_intake::metrics_server::serve(
+        listener,
+        std::future::pending(),
+    ));
+    let worker_scrape = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &worker_scrape,
+            "verimail_dispatches_finished_total",
+            &[("status", "sent")]
+        ),
+        Some(1.0)
+    );
+
+    worker.stop().await.unwrap();
+    broker.cleanup().await;
+}
