@@ -16,25 +16,10 @@ use verimail_testkit::smtp_sink::SmtpSink;
 const CHECK_PATH: &str = "/v2/bases/verificationcode/check";
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Env {
-    db: TestDb,
-    broker: Broker,
-    intake: TestIntake,
-    partner: Partner,
-}
+use support::Stack as Env;
 
 async fn env() -> Env {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let broker = Broker::connect(&prefix).await;
-    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
-    let partner = partner(&db.pool, AccountKind::Partner, false).await;
-    Env {
-        db,
-        broker,
-        intake,
-        partner,
-    }
+    Env::start().await
 }
 
 impl Env {

@@ -7,27 +7,11 @@ mod support;
 
 use serde_json::{Value, json};
 use support::*;
-use verimail_intake::accounts::AccountKind;
 
-struct Env {
-    db: TestDb,
-    broker: Broker,
-    intake: TestIntake,
-    partner: Partner,
-}
+use support::Stack as Env;
 
 async fn env() -> Env {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let broker = Broker::connect(&prefix).await;
-    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
-    let partner = partner(&db.pool, AccountKind::Partner, false).await;
-    Env {
-        db,
-        broker,
-        intake,
-        partner,
-    }
+    Env::start().await
 }
 
 fn with(overrides: Value) -> Value {

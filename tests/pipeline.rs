@@ -15,27 +15,10 @@ use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Env {
-    db: TestDb,
-    broker: Broker,
-    intake: TestIntake,
-    partner: Partner,
-    prefix: String,
-}
+use support::Stack as Env;
 
 async fn env() -> Env {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let broker = Broker::connect(&prefix).await;
-    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
-    let partner = partner(&db.pool, AccountKind::Partner, false).await;
-    Env {
-        db,
-        broker,
-        intake,
-        partner,
-        prefix,
-    }
+    Env::start().await
 }
 
 impl Env {

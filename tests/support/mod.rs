@@ -391,3 +391,29 @@ pub async fn stored_digest(pool: &PgPool, id: Uuid) -> Vec<u8> {
         .await
         .unwrap()
 }
+
+/// Database, queue prefix, intake and a partner: what most tests start from.
+pub struct Stack {
+    pub db: TestDb,
+    pub broker: Broker,
+    pub intake: TestIntake,
+    pub partner: Partner,
+    pub prefix: String,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        let db = TestDb::new().await;
+        let prefix = unique_prefix();
+        let broker = Broker::connect(&prefix).await;
+        let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
+        let partner = partner(&db.pool, AccountKind::Partner, false).await;
+        Self {
+            db,
+            broker,
+            intake,
+            partner,
+            prefix,
+        }
+    }
+}

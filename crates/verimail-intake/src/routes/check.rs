@@ -1,34 +1,20 @@
 //! `POST /v2/bases/verificationcode/check` — SPEC §4: consumes the newest
 //! code the calling partner requested for the address.
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use verimail_core::{CheckRequest, ErrorCode};
 
-use crate::auth::Presented;
 use crate::error::{ApiError, Result};
-use crate::routes;
+use crate::routes::AuthenticatedJson;
 use crate::startup::AppState;
 use crate::store::{self, CheckOutcome};
 
 pub async fn check(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    AuthenticatedJson { caller, body }: AuthenticatedJson,
 ) -> Result<Response> {
-    let body = routes::read_body(body).await?;
-    let presented = Presented {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let caller = state.auth.authenticate(&presented).await?;
-    routes::require_json(&headers)?;
     let request = CheckRequest::parse(&body)?;
     let outcome = store::check_code(&state.pool, &state.keys, caller.partner_id, &request)
         .await

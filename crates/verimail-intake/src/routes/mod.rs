@@ -41,3 +41,32 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         ))
     }
 }
+
+/// A JSON call in SPEC §2's order: read the body (≤ 16 KiB), authenticate
+/// (the signature covers the body), then insist on JSON. Handlers that take
+/// it only parse fields.
+pub struct AuthenticatedJson {
+    pub caller: crate::auth::Caller,
+    pub body: Bytes,
+}
+
+impl axum::extract::FromRequest<crate::startup::AppState> for AuthenticatedJson {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &crate::startup::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = read_body(body).await?;
+        let presented = crate::auth::Presented {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            body: &body,
+        };
+        let caller = state.auth.authenticate(&presented).await?;
+        require_json(&parts.headers)?;
+        Ok(Self { caller, body })
+    }
+}

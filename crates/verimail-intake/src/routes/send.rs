@@ -2,37 +2,23 @@
 //! authentication → parameters → rate limit → record → hand-off → 204.
 
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use verimail_core::code::Code;
 use verimail_core::{ErrorCode, SendRequest};
 
-use crate::auth::Presented;
 use crate::error::{ApiError, Result};
 use crate::request_id::RequestId;
-use crate::routes;
+use crate::routes::AuthenticatedJson;
 use crate::startup::AppState;
 use crate::store::{self, Admission, NewDispatch};
 
 pub async fn send(
     State(state): State<AppState>,
     Extension(RequestId(id)): Extension<RequestId>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    AuthenticatedJson { caller, body }: AuthenticatedJson,
 ) -> Result<Response> {
-    let body = routes::read_body(body).await?;
-    let presented = Presented {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let caller = state.auth.authenticate(&presented).await?;
-    routes::require_json(&headers)?;
     let request = SendRequest::parse(&body)?;
     tracing::debug!(partner_id = %caller.partner_id, email = request.email.redacted(), "send accepted for checks");
 
