@@ -81,6 +81,24 @@ impl TestDb {
     }
 }
 
+impl Drop for TestDb {
+    /// Drops the database so runs do not pile them up (FORCE ends the
+    /// connections the test's own pools still hold).
+    fn drop(&mut self) {
+        let (admin, name) = (pg_admin_url(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+            });
+        });
+        let _ = dropped.join();
+    }
+}
+
 fn replace_db(url: &str, name: &str) -> String {
     let mut url = url::Url::parse(url).unwrap();
     url.set_path(&format!("/{name}"));
