@@ -27,6 +27,9 @@ pub fn pool(settings: &DbSettings) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)
+        // A broken connection fails its query (answered with a CBC error) and
+        // is dropped; probing every checkout cost a round trip per query.
+        .test_before_acquire(false)
         .acquire_timeout(settings.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(options))

@@ -92,7 +92,7 @@ impl Processor {
         }
         match outcome {
             Outcome::Sent => {
-                tracing::info!(attempts, to = redact(&claimed.email), "mail sent");
+                tracing::debug!(attempts, to = redact(&claimed.email), "mail sent");
                 Ok(Next::Ack)
             }
             Outcome::Retry { reason, after } => {

@@ -62,6 +62,6 @@ pub async fn send(
         }
         return Err(ApiError::new(ErrorCode::HandOffFailed));
     }
-    tracing::info!(dispatch_id = %id, ttl_minutes = request.ttl.minutes(), lang = request.lang.as_str(), "dispatch queued");
+    tracing::debug!(dispatch_id = %id, ttl_minutes = request.ttl.minutes(), lang = request.lang.as_str(), "dispatch queued");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
