@@ -185,6 +185,15 @@ impl Topology {
     }
 }
 
+/// Properties of every dispatch message: persistent (survives a broker
+/// restart), JSON, and the dispatch id as message id for tracing.
+pub fn dispatch_properties(dispatch_id: uuid::Uuid) -> lapin::BasicProperties {
+    lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(dispatch_id.to_string().into())
+}
+
 fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use uuid::Uuid;
 use verimail_core::DispatchMessage;
 use verimail_core::amqp::{self, DISPATCH_ROUTING_KEY, Topology};
@@ -105,10 +105,7 @@ impl Publisher {
 
     async fn publish_unbounded(&self, dispatch_id: Uuid) -> Result<(), PublishError> {
         let channel = self.channel().await.map_err(PublishError::Unreachable)?;
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(dispatch_id.to_string().into());
+        let properties = amqp::dispatch_properties(dispatch_id);
         let payload = DispatchMessage::new(dispatch_id).encode();
         let outcome = async {
             channel

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use verimail_core::DispatchMessage;
@@ -230,10 +230,7 @@ async fn park(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let delay = processor.settings.park_delay(wait);
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_message_id(message.dispatch_id.to_string().into());
+    let properties = amqp::dispatch_properties(message.dispatch_id);
     let confirmation = publisher
         .basic_publish(
             topology.retry_exchange().into(),

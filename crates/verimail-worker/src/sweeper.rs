@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use tokio::sync::watch;
 use verimail_core::DispatchMessage;
@@ -43,10 +42,7 @@ pub async fn sweep(processor: &Processor, topology: &Topology) -> anyhow::Result
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     for id in &ids {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(id.to_string().into());
+        let properties = amqp::dispatch_properties(*id);
         channel
             .basic_publish(
                 topology.dispatch_exchange().into(),
