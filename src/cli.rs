@@ -136,12 +136,9 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
                 })?;
             tracing::info!(addr = %worker.metrics_listen, "worker metrics listening");
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let mut metrics_stopped = stopped.clone();
             let metrics = tokio::spawn(verimail_intake::metrics_server::serve(
                 listener,
-                async move {
-                    let _ = metrics_stopped.wait_for(|s| *s).await;
-                },
+                when_stopped(&stopped),
             ));
             let worker_task = tokio::spawn(verimail_worker::run_until(
                 worker.settings(&common),
@@ -177,10 +174,7 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
                 keys.clone(),
             )
             .await?;
-            let mut intake_stopped = stopped.clone();
-            let intake_task = tokio::spawn(app.run_until(async move {
-                let _ = intake_stopped.wait_for(|s| *s).await;
-            }));
+            let intake_task = tokio::spawn(app.run_until(when_stopped(&stopped)));
             let worker_task = tokio::spawn(verimail_worker::run_until(
                 worker.settings(&common),
                 pool,
@@ -246,6 +240,17 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves once the shared stop flag is raised: one signal stops every
+/// part of the process.
+fn when_stopped(
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut stopped = stopped.clone();
+    async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
