@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lettre::message as lettre_mailbox;
+use lettre::message::Mailbox;
 use verimail_core::code::Code;
-use verimail_core::secrets::MasterSecret;
+use verimail_core::secrets::{MasterSecret, SecretUrl};
 use verimail_intake::RateLimit;
 
 /// Every variable the binary reads: name, default, meaning. The README table
@@ -191,23 +191,24 @@ fn text(s: &str) -> Result<String, String> {
 
 #[derive(Debug, Clone)]
 pub struct Common {
-    pub database_url: String,
+    pub database_url: SecretUrl,
     pub db_pool_size: u32,
     pub db_acquire_timeout: Duration,
-    pub amqp_url: String,
+    pub amqp_url: SecretUrl,
     pub amqp_prefix: String,
+    pub publish_timeout: Duration,
     pub retry_schedule: Vec<Duration>,
 }
 
 impl Common {
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
-            database_url: read(src, "DATABASE_URL", text)?,
+            database_url: read(src, "DATABASE_URL", |s| Ok(SecretUrl::new(s)))?,
             db_pool_size: read(src, "VERIMAIL_DB_POOL_SIZE", number(1, 1000))?,
             db_acquire_timeout: read(src, "VERIMAIL_DB_ACQUIRE_TIMEOUT", duration)?,
             amqp_url: read(src, "AMQP_URL", |s| {
                 if s.starts_with("amqp://") || s.starts_with("amqps://") {
-                    Ok(s.to_owned())
+                    Ok(SecretUrl::new(s))
                 } else {
                     Err("expected an amqp:// or amqps:// URL".into())
                 }
@@ -221,6 +222,7 @@ impl Common {
                     Err("use letters, digits, '-', '_' and '.' only".into())
                 }
             })?,
+            publish_timeout: read(src, "VERIMAIL_PUBLISH_TIMEOUT", duration)?,
             retry_schedule: read(src, "VERIMAIL_RETRY_SCHEDULE", |s| {
                 s.split(',').map(|d| duration(d.trim())).collect()
             })?,
@@ -259,7 +261,6 @@ pub fn require_secret(src: &dyn Source) -> Result<MasterSecret, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Intake {
     pub listen: SocketAddr,
-    pub publish_timeout: Duration,
     pub rate_limit: RateLimit,
     pub code_length: usize,
     pub auth_cache_ttl: Duration,
@@ -272,7 +273,6 @@ impl Intake {
                 s.parse()
                     .map_err(|_| "expected HOST:PORT, like 127.0.0.1:8080".into())
             })?,
-            publish_timeout: read(src, "VERIMAIL_PUBLISH_TIMEOUT", duration)?,
             rate_limit: read(src, "VERIMAIL_RATE_LIMIT", RateLimit::parse)?,
             code_length: read(
                 src,
@@ -292,8 +292,7 @@ impl Intake {
             amqp: verimail_intake::settings::AmqpSettings {
                 url: common.amqp_url.clone(),
                 prefix: common.amqp_prefix.clone(),
-                publish_timeout: self.publish_timeout,
-                retry_delays: common.retry_schedule.clone(),
+                publish_timeout: common.publish_timeout,
             },
             rate_limit: self.rate_limit,
             code_length: self.code_length,
@@ -304,9 +303,9 @@ impl Intake {
 
 #[derive(Debug, Clone)]
 pub struct Worker {
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<SecretUrl>,
     pub outbox: PathBuf,
-    pub mail_from: String,
+    pub mail_from: Mailbox,
     pub brand: String,
     pub prefetch: u16,
     pub max_attempts: u32,
@@ -320,11 +319,10 @@ pub struct Worker {
 impl Worker {
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
-            smtp_url: src.get("SMTP_URL"),
+            smtp_url: src.get("SMTP_URL").map(SecretUrl::new),
             outbox: read(src, "VERIMAIL_OUTBOX", |s| Ok(PathBuf::from(s)))?,
             mail_from: read(src, "VERIMAIL_MAIL_FROM", |s| {
-                s.parse::<lettre_mailbox::Mailbox>()
-                    .map(|_| s.to_owned())
+                s.parse::<Mailbox>()
                     .map_err(|e| format!("not a mailbox: {e}"))
             })?,
             brand: read(src, "VERIMAIL_BRAND", text)?,
@@ -344,19 +342,18 @@ impl Worker {
 
 impl Worker {
     pub fn settings(&self, common: &Common) -> verimail_worker::WorkerSettings {
-        // Parsed once in `load`, so this cannot fail.
-        let from = self
-            .mail_from
-            .parse()
-            .unwrap_or_else(|_| unreachable!("checked in Worker::load"));
         verimail_worker::WorkerSettings {
             amqp_url: common.amqp_url.clone(),
             prefix: common.amqp_prefix.clone(),
+            publish_timeout: common.publish_timeout,
             retry_delays: common.retry_schedule.clone(),
             max_attempts: self.max_attempts,
             prefetch: self.prefetch,
             lease: self.lease,
-            mail: verimail_worker::mail::MailSettings::new(from, self.brand.clone()),
+            mail: verimail_worker::mail::MailSettings::new(
+                self.mail_from.clone(),
+                self.brand.clone(),
+            ),
             smtp_url: self.smtp_url.clone(),
             outbox: self.outbox.clone(),
             smtp_connections: self.smtp_connections,
@@ -385,14 +382,17 @@ mod tests {
     fn defaults_match_the_spec() {
         let empty = env(&[]);
         let common = Common::load(&empty).expect("defaults load");
-        assert_eq!(common.database_url, "postgres://localhost/verimail");
+        assert_eq!(
+            common.database_url.expose(),
+            "postgres://localhost/verimail"
+        );
         assert_eq!(common.amqp_prefix, "verimail");
         assert_eq!(
             common.retry_schedule,
             [5, 30, 120, 300].map(Duration::from_secs)
         );
+        assert_eq!(common.publish_timeout, Duration::from_secs(2));
         let intake = Intake::load(&empty).expect("defaults load");
-        assert_eq!(intake.publish_timeout, Duration::from_secs(2));
         assert_eq!(intake.rate_limit, RateLimit::DEFAULT);
         assert_eq!(intake.listen.to_string(), "127.0.0.1:8080");
         let worker = Worker::load(&empty).expect("defaults load");
@@ -402,7 +402,6 @@ mod tests {
     #[test]
     fn a_bad_value_names_its_variable_in_one_line() {
         let cases = [
-            ("VERIMAIL_PUBLISH_TIMEOUT", "soon"),
             ("VERIMAIL_RATE_LIMIT", "lots"),
             ("VERIMAIL_LISTEN", "8080"),
             ("VERIMAIL_CODE_LENGTH", "3"),
@@ -415,6 +414,12 @@ mod tests {
                 "{line}"
             );
         }
+        let error = Common::load(&env(&[("VERIMAIL_PUBLISH_TIMEOUT", "soon")])).expect_err("soon");
+        let line = error.to_string();
+        assert!(
+            line.starts_with("invalid VERIMAIL_PUBLISH_TIMEOUT: ") && !line.contains('\n'),
+            "{line}"
+        );
         let error = Common::load(&env(&[("AMQP_URL", "http://x")])).expect_err("bad url");
         assert_eq!(error.var, "AMQP_URL");
         let error = Worker::load(&env(&[("VERIMAIL_PREFETCH", "0")])).expect_err("zero prefetch");

@@ -55,7 +55,11 @@ impl Env {
                 .fetch_one(&self.db.pool)
                 .await
                 .unwrap();
-        test_keys().open_code(id, &sealed).unwrap()
+        test_keys()
+            .open_code(id, &sealed)
+            .unwrap()
+            .expose()
+            .to_owned()
     }
 }
 

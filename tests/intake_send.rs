@@ -239,7 +239,11 @@ async fn a_204_leaves_one_row_with_its_expiry_and_one_message_without_the_code()
         .fetch_one(&env.db.pool)
         .await
         .unwrap();
-    let code = test_keys().open_code(id, &sealed).unwrap();
+    let code = test_keys()
+        .open_code(id, &sealed)
+        .unwrap()
+        .expose()
+        .to_owned();
     assert_eq!(code.len(), 6);
     assert!(
         !String::from_utf8_lossy(&messages[0]).contains(&code),

@@ -14,7 +14,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 use verimail_core::amqp::Topology;
-use verimail_core::secrets::{Keys, MasterSecret};
+use verimail_core::secrets::{Keys, MasterSecret, SecretUrl};
 use verimail_core::{DispatchMessage, db};
 use verimail_intake::accounts::{self, AccountKind};
 use verimail_intake::settings::AmqpSettings;
@@ -122,10 +122,9 @@ pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
     IntakeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         amqp: AmqpSettings {
-            url: amqp_url,
+            url: SecretUrl::new(amqp_url),
             prefix: prefix.to_owned(),
             publish_timeout: Duration::from_millis(1500),
-            retry_delays: fast_retries(),
         },
         rate_limit: RateLimit::DEFAULT,
         code_length: 6,
@@ -136,7 +135,7 @@ pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
 
 pub fn db_settings(url: &str) -> db::DbSettings {
     db::DbSettings {
-        url: url.to_owned(),
+        url: SecretUrl::new(url),
         max_connections: 8,
         acquire_timeout: Duration::from_secs(1),
     }
@@ -320,8 +319,9 @@ impl Broker {
 
 pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worker::WorkerSettings {
     verimail_worker::WorkerSettings {
-        amqp_url: amqp_url(),
+        amqp_url: SecretUrl::new(amqp_url()),
         prefix: prefix.to_owned(),
+        publish_timeout: Duration::from_millis(1500),
         retry_delays: fast_retries(),
         max_attempts: 3,
         prefetch: 8,
@@ -330,7 +330,7 @@ pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worke
             "Verimail Test <no-reply@verimail.test>".parse().unwrap(),
             "Acme <Cloud> & Co",
         ),
-        smtp_url,
+        smtp_url: smtp_url.map(SecretUrl::new),
         outbox: std::env::temp_dir().join(format!("vm-outbox-{prefix}")),
         smtp_connections: 4,
         smtp_timeout: Duration::from_secs(5),

@@ -1,4 +1,4 @@
-//! RabbitMQ topology shared by intake and worker. Every name carries the
+//! RabbitMQ topology: the names, and what each side declares. Every name carries the
 //! configured prefix so tests and tenants can share one broker.
 //!
 //! ```text
@@ -68,21 +68,22 @@ impl Topology {
         queues
     }
 
-    /// Declares everything (idempotent). The dispatch queue is a quorum queue:
-    /// replicated, and it confirmed twice as fast as a classic durable queue here.
+    /// Declares everything a worker uses (idempotent).
     pub async fn declare(
         &self,
         channel: &Channel,
         retry_delays: &[Duration],
     ) -> anyhow::Result<()> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        let queue_opts = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        self.declare_dispatch(channel).await?;
+        self.declare_retries(channel, retry_delays).await
+    }
+
+    /// The dispatch exchange and queue, and the dead-letter queue they feed:
+    /// what every publisher and consumer needs. The dispatch queue is a quorum
+    /// queue: replicated, and it confirmed twice as fast as a classic durable
+    /// queue here.
+    pub async fn declare_dispatch(&self, channel: &Channel) -> anyhow::Result<()> {
+        let (durable, queue_opts) = durable_options();
 
         channel
             .exchange_declare(
@@ -140,7 +141,17 @@ impl Topology {
             )
             .await
             .context("binding the dispatch queue")?;
+        Ok(())
+    }
 
+    /// The retry exchange and one delay queue per retry delay: only the
+    /// worker, which parks messages, needs them.
+    pub async fn declare_retries(
+        &self,
+        channel: &Channel,
+        retry_delays: &[Duration],
+    ) -> anyhow::Result<()> {
+        let (durable, queue_opts) = durable_options();
         channel
             .exchange_declare(
                 self.retry_exchange().into(),
@@ -192,6 +203,18 @@ pub fn dispatch_properties(dispatch_id: uuid::Uuid) -> lapin::BasicProperties {
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(dispatch_id.to_string().into())
+}
+
+fn durable_options() -> (ExchangeDeclareOptions, QueueDeclareOptions) {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let queue_opts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    (durable, queue_opts)
 }
 
 fn string(s: &str) -> AMQPValue {

@@ -21,7 +21,8 @@ impl Code {
         )
     }
 
-    pub fn from_plain(code: String) -> Self {
+    /// Only an opened sealed copy becomes a `Code` again.
+    pub(crate) fn from_plain(code: String) -> Self {
         Self(code)
     }
 

@@ -10,7 +10,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 
 #[derive(Debug, Clone)]
 pub struct DbSettings {
-    pub url: String,
+    pub url: crate::secrets::SecretUrl,
     pub max_connections: u32,
     /// Bound on waiting for a connection, so an outage fails requests fast.
     pub acquire_timeout: Duration,
@@ -21,6 +21,7 @@ pub struct DbSettings {
 pub fn pool(settings: &DbSettings) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = settings
         .url
+        .expose()
         .parse()
         .context("DATABASE_URL is not a Postgres URL")?;
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
@@ -40,8 +41,11 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Creates the database named in `url` when it does not exist yet.
-pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
-    let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a Postgres URL")?;
+pub async fn create_database_if_missing(url: &crate::secrets::SecretUrl) -> anyhow::Result<()> {
+    let options: PgConnectOptions = url
+        .expose()
+        .parse()
+        .context("DATABASE_URL is not a Postgres URL")?;
     let name = options.get_database().unwrap_or("postgres").to_owned();
     if options.connect().await.is_ok() {
         return Ok(());

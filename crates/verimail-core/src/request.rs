@@ -181,8 +181,13 @@ impl CodeTtl {
         }
     }
 
-    pub fn from_minutes(minutes: u32) -> Self {
-        Self(minutes)
+    /// A lifetime read back from storage: only the normalised range (1..=60)
+    /// is a lifetime the intake can have given.
+    pub fn from_stored(minutes: i64) -> Option<Self> {
+        u32::try_from(minutes)
+            .ok()
+            .filter(|m| (1..=60).contains(m))
+            .map(Self)
     }
 
     pub fn minutes(self) -> u32 {

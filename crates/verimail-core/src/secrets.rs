@@ -4,6 +4,7 @@
 //! Each purpose gets its own HKDF-SHA256 subkey, so a digest key can never be
 //! used to open a sealed value and vice versa.
 
+use crate::code::Code;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -117,9 +118,11 @@ impl Keys {
         seal(&self.code_seal, dispatch_id.as_bytes(), code.as_bytes())
     }
 
-    pub fn open_code(&self, dispatch_id: Uuid, sealed: &[u8]) -> Result<String, OpenError> {
+    pub fn open_code(&self, dispatch_id: Uuid, sealed: &[u8]) -> Result<Code, OpenError> {
         let plain = open(&self.code_seal, dispatch_id.as_bytes(), sealed)?;
-        String::from_utf8(plain).map_err(|_| OpenError)
+        String::from_utf8(plain)
+            .map(Code::from_plain)
+            .map_err(|_| OpenError)
     }
 
     pub fn seal_access_secret(&self, access_key: &str, secret: &str) -> Vec<u8> {
@@ -136,6 +139,65 @@ impl Keys {
         sealed: &[u8],
     ) -> Result<Vec<u8>, OpenError> {
         open(&self.access_key_seal, access_key.as_bytes(), sealed)
+    }
+}
+
+/// A connection URL that may carry a password (Postgres, RabbitMQ, SMTP).
+/// `Debug` masks the password, so settings that hold one can be printed;
+/// only `expose` hands the URL to a client library.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password (in the user info or a `password=` query
+    /// parameter) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let masked = mask_userinfo_password(&self.0);
+        match masked.find("password=") {
+            Some(at) => {
+                let value = at + "password=".len();
+                let end = masked[value..]
+                    .find('&')
+                    .map_or(masked.len(), |i| value + i);
+                format!("{}***{}", &masked[..value], &masked[end..])
+            }
+            None => masked,
+        }
+    }
+}
+
+fn mask_userinfo_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!(
+            "{}***{}",
+            &url[..scheme_end + colon + 1],
+            &url[scheme_end + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
     }
 }
 
@@ -209,7 +271,10 @@ mod tests {
         let (keys, id) = (keys(), Uuid::now_v7());
         let sealed = keys.seal_code(id, "654321");
         assert!(!sealed.windows(6).any(|w| w == b"654321"));
-        assert_eq!(keys.open_code(id, &sealed).expect("opens"), "654321");
+        assert_eq!(
+            keys.open_code(id, &sealed).expect("opens").expose(),
+            "654321"
+        );
         assert!(keys.open_code(Uuid::now_v7(), &sealed).is_err());
     }
 
@@ -219,5 +284,38 @@ mod tests {
         let id = Uuid::now_v7();
         let sealed = keys().seal_code(id, "111111");
         assert!(other.open_code(id, &sealed).is_err());
+    }
+
+    #[test]
+    fn urls_print_without_their_password() {
+        for (url, shown) in [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            (
+                "postgres://u:p%40ss@db/verimail",
+                "postgres://u:***@db/verimail",
+            ),
+            (
+                "smtps://user:pa:ss@mail.example.com",
+                "smtps://user:***@mail.example.com",
+            ),
+            ("smtp://127.0.0.1:1025", "smtp://127.0.0.1:1025"),
+            (
+                "postgres://localhost/verimail",
+                "postgres://localhost/verimail",
+            ),
+            (
+                "postgres://who@db/x?password=y&a=b",
+                "postgres://who@db/x?password=***&a=b",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            let secret = SecretUrl::new(url);
+            assert_eq!(secret.redacted(), shown);
+            assert_eq!(format!("{secret:?}"), format!("{shown:?}"));
+            assert_eq!(secret.expose(), url);
+        }
     }
 }

@@ -5,7 +5,6 @@ pub mod accounts;
 pub mod auth;
 pub mod error;
 pub mod metrics_server;
-pub mod publisher;
 pub mod request_id;
 pub mod routes;
 pub mod settings;

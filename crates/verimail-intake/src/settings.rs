@@ -37,11 +37,9 @@ impl RateLimit {
 
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    pub url: String,
+    pub url: verimail_core::secrets::SecretUrl,
     pub prefix: String,
     pub publish_timeout: Duration,
-    /// Declared with the topology so intake and worker agree on the queues.
-    pub retry_delays: Vec<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -10,11 +10,12 @@ use axum::routing::{get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use verimail_core::ErrorCode;
+use verimail_core::amqp::Topology;
+use verimail_core::publisher::{Publisher, PublisherSettings};
 use verimail_core::secrets::Keys;
 
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use crate::publisher::Publisher;
 use crate::routes::{check, dispatches, health, send};
 use crate::{IntakeSettings, request_id};
 
@@ -56,7 +57,13 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         verimail_core::metrics::install();
-        let publisher = Arc::new(Publisher::new(settings.amqp.clone()));
+        let publisher = Arc::new(Publisher::new(PublisherSettings {
+            url: settings.amqp.url.clone(),
+            topology: Topology::new(settings.amqp.prefix.clone()),
+            timeout: settings.amqp.publish_timeout,
+            // The intake only hands off; the worker declares its retry queues.
+            retry_delays: Vec::new(),
+        }));
         // Connect eagerly so a misconfigured broker shows at start; a broker
         // that is merely down is retried by the first request.
         if let Err(error) = publisher.ready().await {

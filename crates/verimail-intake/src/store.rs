@@ -4,7 +4,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::{CodeTtl, Email, Lang};
+use verimail_core::{CodeTtl, DispatchStatus, Email, Lang};
 
 use crate::RateLimit;
 
@@ -58,12 +58,14 @@ pub async fn accept(
 pub async fn mark_handoff_failed(pool: &PgPool, id: Uuid, reason: &str) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE dispatches
-            SET status = 'failed', counts_toward_limit = false, code_sealed = NULL,
+            SET status = $3, counts_toward_limit = false, code_sealed = NULL,
                 last_error = $2, updated_at = now()
-          WHERE id = $1 AND status = 'queued'",
+          WHERE id = $1 AND status = $4",
     )
     .bind(id)
     .bind(reason)
+    .bind(DispatchStatus::Failed)
+    .bind(DispatchStatus::Queued)
     .execute(pool)
     .await
     .context("recording the failed hand-off")?;
@@ -73,7 +75,7 @@ pub async fn mark_handoff_failed(pool: &PgPool, id: Uuid, reason: &str) -> anyho
 #[derive(Debug, sqlx::FromRow, serde::Serialize)]
 pub struct DispatchView {
     pub id: Uuid,
-    pub status: String,
+    pub status: DispatchStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -125,7 +127,7 @@ pub async fn check_code(
     request: &verimail_core::CheckRequest,
 ) -> anyhow::Result<CheckOutcome> {
     let mut tx = pool.begin().await.context("starting the check")?;
-    let newest: Option<(Uuid, String, i32, Vec<u8>, bool)> = sqlx::query_as(
+    let newest: Option<(Uuid, DispatchStatus, i32, Vec<u8>, bool)> = sqlx::query_as(
         "SELECT id, status, check_failures, code_digest, expires_at <= now()
            FROM dispatches
           WHERE recipient = $1 AND partner_id = $2
@@ -141,8 +143,7 @@ pub async fn check_code(
     let Some((id, status, failures, digest, expired)) = newest else {
         return Ok(CheckOutcome::NotPending);
     };
-    let checkable = matches!(status.as_str(), "queued" | "sending" | "retrying" | "sent");
-    if !checkable || expired {
+    if !status.is_checkable() || expired {
         return Ok(CheckOutcome::NotPending);
     }
     if failures >= MAX_CHECK_FAILURES {
@@ -152,9 +153,10 @@ pub async fn check_code(
         // Consumed: a queued mail is no longer worth sending, and the sealed
         // copy is no longer needed.
         sqlx::query(
-            "UPDATE dispatches SET status = 'verified', code_sealed = NULL, updated_at = now() WHERE id = $1",
+            "UPDATE dispatches SET status = $2, code_sealed = NULL, updated_at = now() WHERE id = $1",
         )
         .bind(id)
+        .bind(DispatchStatus::Verified)
         .execute(&mut *tx)
         .await
         .context("consuming the code")?;

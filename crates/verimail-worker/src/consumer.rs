@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use tokio::sync::watch;
@@ -21,6 +19,7 @@ use tokio::task::JoinSet;
 use verimail_core::DispatchMessage;
 use verimail_core::amqp::{self, Topology};
 use verimail_core::metrics as m;
+use verimail_core::publisher::{Publisher, Route};
 
 use crate::process::{Next, Processor};
 
@@ -30,6 +29,7 @@ const INFRA_BACKOFF: Duration = Duration::from_secs(1);
 
 pub async fn run(
     processor: Arc<Processor>,
+    publisher: Arc<Publisher>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let settings = processor.settings.clone();
@@ -38,7 +38,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(());
         }
-        match session(&processor, &topology, &mut shutdown).await {
+        match session(&processor, &publisher, &topology, &mut shutdown).await {
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::warn!(
@@ -57,23 +57,16 @@ pub async fn run(
 /// One connection's worth of consuming. `Ok` only after a clean shutdown.
 async fn session(
     processor: &Arc<Processor>,
+    publisher: &Arc<Publisher>,
     topology: &Topology,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let settings = &processor.settings;
-    let connection = amqp::connect(&settings.amqp_url, Duration::from_secs(10)).await?;
+    let connection = amqp::connect(settings.amqp_url.expose(), Duration::from_secs(10)).await?;
     let channel = connection
         .create_channel()
         .await
         .context("opening the consumer channel")?;
-    let publisher = connection
-        .create_channel()
-        .await
-        .context("opening the publisher channel")?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("enabling confirms")?;
     topology.declare(&channel, &settings.retry_delays).await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
@@ -99,7 +92,7 @@ async fn session(
     let result = loop {
         tokio::select! {
             _ = shutdown.changed() => break Ok(()),
-            _ = depth_tick.tick() => sample_depths(&publisher, topology).await,
+            _ = depth_tick.tick() => sample_depths(publisher, topology).await,
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 if let Err(error) = done {
                     tracing::error!(error = %error, "a message task panicked");
@@ -109,8 +102,7 @@ async fn session(
                 Some(Ok(delivery)) => {
                     let processor = processor.clone();
                     let publisher = publisher.clone();
-                    let topology = topology.clone();
-                    in_flight.spawn(async move { handle(&processor, &publisher, &topology, delivery).await });
+                    in_flight.spawn(async move { handle(&processor, &publisher, delivery).await });
                 }
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("consuming")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
@@ -145,13 +137,8 @@ async fn session(
     result
 }
 
-async fn handle(
-    processor: &Processor,
-    publisher: &Channel,
-    topology: &Topology,
-    delivery: Delivery,
-) {
-    if let Err(error) = handle_inner(processor, publisher, topology, &delivery).await {
+async fn handle(processor: &Processor, publisher: &Publisher, delivery: Delivery) {
+    if let Err(error) = handle_inner(processor, publisher, &delivery).await {
         tracing::error!(
             error = format!("{error:#}"),
             "processing failed; the message goes back to the queue"
@@ -169,8 +156,7 @@ async fn handle(
 
 async fn handle_inner(
     processor: &Processor,
-    publisher: &Channel,
-    topology: &Topology,
+    publisher: &Publisher,
     delivery: &Delivery,
 ) -> anyhow::Result<()> {
     let message = match DispatchMessage::decode(&delivery.data) {
@@ -179,7 +165,15 @@ async fn handle_inner(
     };
     match processor.process(message.dispatch_id).await? {
         Next::Ack => {}
-        Next::Park(wait) => park(processor, publisher, topology, message, wait).await?,
+        Next::Park(wait) => {
+            // Parked in the delay queue that waits at least `wait`; it
+            // dead-letters back to the dispatch queue when its TTL runs out.
+            let delay = processor.settings.park_delay(wait);
+            publisher
+                .publish(message.dispatch_id, Route::Retry(delay))
+                .await
+                .context("parking for retry")?;
+        }
         Next::DeadLetter(reason) => return dead_letter(delivery, &reason).await,
     }
     delivery
@@ -192,18 +186,10 @@ async fn handle_inner(
 /// How often the queue depths (the backlog workers have not taken yet) are sampled.
 const DEPTH_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
-async fn sample_depths(channel: &Channel, topology: &Topology) {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
+async fn sample_depths(publisher: &Publisher, topology: &Topology) {
     for queue in [topology.dispatch_queue(), topology.dead_queue()] {
-        if let Ok(declared) = channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-        {
-            metrics::gauge!(m::QUEUE_DEPTH, "queue" => queue)
-                .set(f64::from(declared.message_count()));
+        if let Ok(count) = publisher.message_count(&queue).await {
+            metrics::gauge!(m::QUEUE_DEPTH, "queue" => queue).set(f64::from(count));
         }
     }
 }
@@ -217,37 +203,5 @@ async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
         ..Default::default()
     };
     delivery.nack(options).await.context("dead-lettering")?;
-    Ok(())
-}
-
-/// Publishes the message to the delay queue that waits at least `wait`;
-/// it dead-letters back to the dispatch queue when its TTL runs out.
-async fn park(
-    processor: &Processor,
-    publisher: &Channel,
-    topology: &Topology,
-    message: DispatchMessage,
-    wait: Duration,
-) -> anyhow::Result<()> {
-    let delay = processor.settings.park_delay(wait);
-    let properties = amqp::dispatch_properties(message.dispatch_id);
-    let confirmation = publisher
-        .basic_publish(
-            topology.retry_exchange().into(),
-            Topology::retry_routing_key(delay).into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &message.encode(),
-            properties,
-        )
-        .await
-        .context("parking for retry")?
-        .await
-        .context("waiting for the retry confirm")?;
-    if confirmation.is_nack() || confirmation.take_message().is_some() {
-        anyhow::bail!("the broker did not take the retry message");
-    }
     Ok(())
 }

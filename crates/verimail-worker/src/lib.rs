@@ -14,7 +14,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::watch;
-use verimail_core::secrets::Keys;
+use verimail_core::amqp::Topology;
+use verimail_core::publisher::{Publisher, PublisherSettings};
+use verimail_core::secrets::{Keys, SecretUrl};
 
 pub use process::{Next, Processor};
 pub use settings::WorkerSettings;
@@ -42,7 +44,7 @@ pub async fn run_until(
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let transport = mail::Transport::from_url(
-        settings.smtp_url.as_deref(),
+        settings.smtp_url.as_ref().map(SecretUrl::expose),
         &settings.outbox,
         settings.smtp_connections,
         settings.smtp_timeout,
@@ -50,14 +52,26 @@ pub async fn run_until(
     )
     .context("setting up the mail transport")?;
     tracing::info!(transport = %transport, "mail transport ready");
+    // Retries and re-publishes go out on a connection of their own, so a
+    // consumer channel error does not take them down, and the reverse.
+    let publisher = Arc::new(Publisher::new(PublisherSettings {
+        url: settings.amqp_url.clone(),
+        topology: Topology::new(settings.prefix.clone()),
+        timeout: settings.publish_timeout,
+        retry_delays: settings.retry_delays.clone(),
+    }));
     let processor = Arc::new(Processor {
         pool,
         keys,
         transport,
         settings: Arc::new(settings),
     });
-    let sweeper = tokio::spawn(sweeper::run(processor.clone(), stopped.clone()));
-    let result = consumer::run(processor.clone(), stopped).await;
+    let sweeper = tokio::spawn(sweeper::run(
+        processor.clone(),
+        publisher.clone(),
+        stopped.clone(),
+    ));
+    let result = consumer::run(processor.clone(), publisher, stopped).await;
     sweeper.abort();
     processor.transport.close().await;
     result

@@ -3,12 +3,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use verimail_core::secrets::SecretUrl;
+
 use crate::mail::MailSettings;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    pub amqp_url: String,
+    pub amqp_url: SecretUrl,
     pub prefix: String,
+    /// Longest wait for the broker's confirm of a retry or a re-publish.
+    pub publish_timeout: Duration,
     /// Waits between SMTP attempts: the n-th retry waits `retry_delays[n-1]`
     /// (the last entry repeats).
     pub retry_delays: Vec<Duration>,
@@ -17,7 +21,7 @@ pub struct WorkerSettings {
     /// How long a claim protects a dispatch in `sending` from other workers.
     pub lease: Duration,
     pub mail: MailSettings,
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<SecretUrl>,
     pub outbox: PathBuf,
     pub smtp_connections: usize,
     pub smtp_timeout: Duration,

@@ -1,6 +1,6 @@
 //! The worker's conditional state changes. Each is an `UPDATE … WHERE
-//! status …`, so a duplicate message or a second worker cannot move a
-//! dispatch twice.
+//! status = ANY(…)`, so a duplicate message or a second worker cannot move a
+//! dispatch twice. State names come from `DispatchStatus` as parameters.
 
 use std::time::Duration;
 
@@ -8,22 +8,65 @@ use anyhow::Context;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::DispatchStatus;
+use verimail_core::{CodeTtl, DispatchStatus, Email, Lang};
 
+/// A claimed dispatch as the row stores it; decoded once into `Claimed`.
 #[derive(Debug, sqlx::FromRow)]
+struct ClaimedRow {
+    email: String,
+    lang: String,
+    ttl_minutes: i32,
+    code_sealed: Option<Vec<u8>>,
+    attempts: i32,
+    created_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+}
+
+/// A dispatch this worker owns, in domain types.
+#[derive(Debug)]
 pub struct Claimed {
-    pub email: String,
-    pub lang: String,
-    pub ttl_minutes: i32,
-    pub code_sealed: Option<Vec<u8>>,
-    pub attempts: i32,
+    pub email: Email,
+    pub lang: Lang,
+    pub ttl: CodeTtl,
+    pub code_sealed: Vec<u8>,
+    /// Attempts started, this one included.
+    pub attempts: u32,
+    pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+}
+
+impl TryFrom<ClaimedRow> for Claimed {
+    /// Why the row cannot be mailed: recorded as the dispatch's `last_error`.
+    type Error = String;
+
+    fn try_from(row: ClaimedRow) -> Result<Self, Self::Error> {
+        let email = Email::parse(&row.email)
+            .map_err(|e| format!("the stored address does not parse: {e}"))?;
+        let lang = Lang::from_tag(&row.lang)
+            .ok_or_else(|| format!("the stored language {:?} is unknown", row.lang))?;
+        let ttl = CodeTtl::from_stored(i64::from(row.ttl_minutes))
+            .ok_or_else(|| format!("the stored lifetime {} is out of range", row.ttl_minutes))?;
+        let code_sealed = row.code_sealed.ok_or("the sealed code is gone")?;
+        let attempts = u32::try_from(row.attempts)
+            .map_err(|_| format!("the stored attempt count {} is negative", row.attempts))?;
+        Ok(Self {
+            email,
+            lang,
+            ttl,
+            code_sealed,
+            attempts,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        })
+    }
 }
 
 #[derive(Debug)]
 pub enum Claim {
     /// This worker owns the dispatch until its lease ends.
     Mine(Claimed),
+    /// This worker owns the dispatch, but its row cannot be mailed (why).
+    Undecodable(String),
     /// Another worker holds a live lease; look again after this long.
     Leased(Duration),
     /// Already in a final state: nothing to do.
@@ -35,26 +78,31 @@ pub enum Claim {
 }
 
 pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> anyhow::Result<Claim> {
-    let claimed: Option<Claimed> = sqlx::query_as(
+    let claimed: Option<ClaimedRow> = sqlx::query_as(
         "UPDATE dispatches
-            SET status = 'sending', attempts = attempts + 1,
+            SET status = $3, attempts = attempts + 1,
                 lease_until = now() + make_interval(secs => $2::float8),
                 next_attempt_at = now() + make_interval(secs => $2::float8),
                 updated_at = now()
           WHERE id = $1 AND expires_at > now()
-            AND (status IN ('queued', 'retrying') OR (status = 'sending' AND lease_until < now()))
-      RETURNING email, lang, ttl_minutes, code_sealed, attempts, expires_at",
+            AND (status = ANY($4) OR (status = $3 AND lease_until < now()))
+      RETURNING email, lang, ttl_minutes, code_sealed, attempts, created_at, expires_at",
     )
     .bind(id)
     .bind(lease.as_secs_f64())
+    .bind(DispatchStatus::Sending)
+    .bind(&DispatchStatus::WAITING[..])
     .fetch_optional(pool)
     .await
     .context("claiming the dispatch")?;
-    if let Some(claimed) = claimed {
-        return Ok(Claim::Mine(claimed));
+    if let Some(row) = claimed {
+        return Ok(match Claimed::try_from(row) {
+            Ok(claimed) => Claim::Mine(claimed),
+            Err(reason) => Claim::Undecodable(reason),
+        });
     }
 
-    let row: Option<(String, Option<f64>, bool)> = sqlx::query_as(
+    let row: Option<(DispatchStatus, Option<f64>, bool)> = sqlx::query_as(
         "SELECT status, extract(epoch FROM lease_until - now())::float8, expires_at <= now()
            FROM dispatches WHERE id = $1",
     )
@@ -65,8 +113,6 @@ pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> anyhow::Result<C
     let Some((status, lease_left, expired)) = row else {
         return Ok(Claim::Missing);
     };
-    let status =
-        DispatchStatus::parse(&status).with_context(|| format!("unknown status {status:?}"))?;
     if status.is_terminal() {
         return Ok(Claim::Finished(status));
     }
@@ -74,8 +120,8 @@ pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> anyhow::Result<C
         let done = finish(
             pool,
             id,
-            Outcome::Expired("the code expired before it could be sent".into()),
-            true,
+            &Outcome::Expired("the code expired before it could be sent".into()),
+            Holder::Nobody,
         )
         .await?;
         return Ok(if done {
@@ -97,56 +143,84 @@ pub enum Outcome {
     Sent,
     Failed(String),
     Expired(String),
-    /// Try again at `at`, keeping `reason` as `last_error`.
+    /// Try again after `after`, keeping `reason` as `last_error`.
     Retry {
         reason: String,
         after: Duration,
     },
 }
 
-/// Records an outcome. `from_open` allows finishing a dispatch nobody holds
-/// (expiry found at claim time); otherwise only the `sending` holder may.
-/// Returns whether the row changed.
+impl Outcome {
+    /// The state the outcome moves the dispatch to: the one mapping, used
+    /// for the SQL and for the metric label alike.
+    pub fn status(&self) -> DispatchStatus {
+        match self {
+            Self::Sent => DispatchStatus::Sent,
+            Self::Failed(_) => DispatchStatus::Failed,
+            Self::Expired(_) => DispatchStatus::Expired,
+            Self::Retry { .. } => DispatchStatus::Retrying,
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Sent => None,
+            Self::Failed(reason) | Self::Expired(reason) | Self::Retry { reason, .. } => {
+                Some(reason)
+            }
+        }
+    }
+}
+
+/// Who may record an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The worker holding the `sending` claim.
+    Claimant,
+    /// Nobody holds it (expiry found at claim time): a waiting dispatch, or
+    /// one whose lease ran out.
+    Nobody,
+}
+
+/// Records an outcome; returns whether the row changed.
 pub async fn finish(
     pool: &PgPool,
     id: Uuid,
-    outcome: Outcome,
-    from_open: bool,
+    outcome: &Outcome,
+    holder: Holder,
 ) -> anyhow::Result<bool> {
-    let guard = if from_open {
-        "(status IN ('queued', 'retrying') OR (status = 'sending' AND lease_until < now()))"
-    } else {
-        "status = 'sending'"
+    let retry_after = match outcome {
+        Outcome::Retry { after, .. } => Some(after.as_secs_f64()),
+        _ => None,
     };
-    let (status, reason, retry_after) = match &outcome {
-        Outcome::Sent => ("sent", None, None),
-        Outcome::Failed(r) => ("failed", Some(r.as_str()), None),
-        Outcome::Expired(r) => ("expired", Some(r.as_str()), None),
-        Outcome::Retry { reason, after } => {
-            ("retrying", Some(reason.as_str()), Some(after.as_secs_f64()))
-        }
-    };
+    let status = outcome.status();
     // The sealed code is wiped as soon as no worker will need it again.
-    let sql = format!(
+    let done = sqlx::query(
         "UPDATE dispatches
             SET status = $2,
                 last_error = $3,
                 lease_until = NULL,
-                sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END,
-                code_sealed = CASE WHEN $2 = 'retrying' THEN code_sealed ELSE NULL END,
-                next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
-                                       ELSE now() + make_interval(secs => $4::float8) END,
+                sent_at = CASE WHEN $5 THEN now() ELSE sent_at END,
+                code_sealed = CASE WHEN $6 THEN NULL ELSE code_sealed END,
+                next_attempt_at = COALESCE(now() + make_interval(secs => $4::float8),
+                                           next_attempt_at),
                 updated_at = now()
-          WHERE id = $1 AND {guard}"
-    );
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .bind(status)
-        .bind(reason)
-        .bind(retry_after)
-        .execute(pool)
-        .await
-        .context("recording the outcome")?;
+          WHERE id = $1
+            AND ((status = $7 AND (NOT $8 OR lease_until < now()))
+                 OR ($8 AND status = ANY($9)))",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(outcome.reason())
+    .bind(retry_after)
+    .bind(status == DispatchStatus::Sent)
+    .bind(status.is_terminal())
+    .bind(DispatchStatus::Sending)
+    .bind(holder == Holder::Nobody)
+    .bind(&DispatchStatus::WAITING[..])
+    .execute(pool)
+    .await
+    .context("recording the outcome")?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -154,6 +228,9 @@ pub async fn finish(
 /// publishing, or a lease that ran out). Marks them so concurrent sweepers
 /// do not both pick them.
 pub async fn overdue(pool: &PgPool, grace: Duration, limit: i64) -> anyhow::Result<Vec<Uuid>> {
+    // The state list is spelled out (not bound) so the planner can use the
+    // partial index `dispatches_open`, whose predicate is the same set
+    // (`DispatchStatus::OPEN`; tests/schema.rs keeps them equal).
     sqlx::query_scalar(
         "WITH stuck AS (
             SELECT id FROM dispatches

@@ -4,60 +4,58 @@
 //! because claiming is atomic.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use futures_util::StreamExt;
 use tokio::sync::watch;
-use verimail_core::DispatchMessage;
-use verimail_core::amqp::{self, DISPATCH_ROUTING_KEY, Topology};
+use verimail_core::metrics as m;
+use verimail_core::publisher::{Publisher, Route};
 
 use crate::process::Processor;
 use crate::store;
 
 const BATCH: i64 = 500;
 
-pub async fn run(processor: Arc<Processor>, mut shutdown: watch::Receiver<bool>) {
-    let settings = processor.settings.clone();
-    let topology = Topology::new(settings.prefix.clone());
+/// Confirms awaited at once while re-publishing a batch.
+const IN_FLIGHT: usize = 32;
+
+pub async fn run(
+    processor: Arc<Processor>,
+    publisher: Arc<Publisher>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = processor.settings.sweep_interval;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(settings.sweep_interval) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(error) = sweep(&processor, &topology).await {
+        if let Err(error) = sweep(&processor, &publisher).await {
             tracing::warn!(error = format!("{error:#}"), "sweep failed; will try again");
         }
     }
 }
 
-pub async fn sweep(processor: &Processor, topology: &Topology) -> anyhow::Result<usize> {
+/// One sweep: returns how many dispatches were re-published. A publish that
+/// fails leaves its row overdue, so the next sweep tries it again.
+pub async fn sweep(processor: &Processor, publisher: &Publisher) -> anyhow::Result<usize> {
     let settings = &processor.settings;
     let ids = store::overdue(&processor.pool, settings.sweep_grace, BATCH).await?;
     if ids.is_empty() {
         return Ok(0);
     }
-    let connection = amqp::connect(&settings.amqp_url, Duration::from_secs(10)).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    for id in &ids {
-        let properties = amqp::dispatch_properties(*id);
-        channel
-            .basic_publish(
-                topology.dispatch_exchange().into(),
-                DISPATCH_ROUTING_KEY.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &DispatchMessage::new(*id).encode(),
-                properties,
-            )
-            .await?;
+    let results: Vec<_> = futures_util::stream::iter(ids.iter().copied())
+        .map(|id| publisher.publish(id, Route::Dispatch))
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let published = results.iter().filter(|r| r.is_ok()).count();
+    metrics::counter!(m::SWEPT).increment(published as u64);
+    if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
+        anyhow::bail!(
+            "re-published {published} of {} overdue dispatches: {error}",
+            ids.len()
+        );
     }
-    channel.wait_for_confirms().await?;
-    let _ = connection.close(200, "sweep done".into()).await;
-    tracing::info!(count = ids.len(), "re-published overdue dispatches");
-    Ok(ids.len())
+    tracing::info!(count = published, "re-published overdue dispatches");
+    Ok(published)
 }

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use verimail_core::code::Code;
+use verimail_core::publisher::Route;
 use verimail_core::{ErrorCode, SendRequest};
 
 use crate::error::{ApiError, Result};
@@ -47,7 +48,7 @@ pub async fn send(
         }
     }
 
-    if let Err(error) = state.publisher.publish(id).await {
+    if let Err(error) = state.publisher.publish(id, Route::Dispatch).await {
         tracing::error!(
             error = format!("{error:#}"),
             "handing the dispatch to RabbitMQ failed"

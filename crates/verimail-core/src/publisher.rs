@@ -1,24 +1,26 @@
-//! Hands dispatch ids to RabbitMQ: persistent, mandatory, confirmed, and
-//! never waiting longer than the publish timeout.
+//! The one way a dispatch id reaches RabbitMQ, for the intake's hand-off,
+//! the worker's retries and the sweeper alike: persistent, mandatory,
+//! confirmed, never waiting longer than the publish timeout, on a connection
+//! of its own.
 //!
-//! One confirm-mode channel is shared by every request (confirms are matched
+//! One confirm-mode channel is shared by every caller (confirms are matched
 //! per publish by lapin). When the broker goes away the channel is dropped
-//! and the next request reconnects; while it stays away requests fail fast.
+//! and the next publish reconnects; while it stays away publishes fail fast.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use uuid::Uuid;
-use verimail_core::DispatchMessage;
-use verimail_core::amqp::{self, DISPATCH_ROUTING_KEY, Topology};
-use verimail_core::metrics as m;
 
-use crate::settings::AmqpSettings;
+use crate::DispatchMessage;
+use crate::amqp::{self, DISPATCH_ROUTING_KEY, Topology};
+use crate::metrics as m;
 
-/// How often a dead broker is re-tried: requests in between fail at once
+/// How often a dead broker is re-tried: publishes in between fail at once
 /// instead of queueing behind connection attempts.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -48,6 +50,37 @@ impl PublishError {
     }
 }
 
+/// Where a dispatch message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The dispatch queue, for a worker to take now.
+    Dispatch,
+    /// The delay queue of this length (one of the declared retry delays),
+    /// which dead-letters it back to the dispatch queue.
+    Retry(Duration),
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Dispatch => "dispatch",
+            Self::Retry(_) => "retry",
+        }
+    }
+}
+
+/// What a publisher connects to and declares.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    pub url: crate::secrets::SecretUrl,
+    pub topology: Topology,
+    /// Bounds connecting and each publish's confirm.
+    pub timeout: Duration,
+    /// Retry queues to declare; empty for a process that never parks a
+    /// message (the intake).
+    pub retry_delays: Vec<Duration>,
+}
+
 struct Link {
     // Kept so the connection lives as long as its channel.
     _connection: Connection,
@@ -55,63 +88,63 @@ struct Link {
 }
 
 pub struct Publisher {
-    settings: AmqpSettings,
-    topology: Topology,
+    settings: PublisherSettings,
     link: Mutex<Option<Link>>,
     connecting: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Publisher {
-    pub fn new(settings: AmqpSettings) -> Self {
-        let topology = Topology::new(settings.prefix.clone());
+    pub fn new(settings: PublisherSettings) -> Self {
         Self {
             settings,
-            topology,
             link: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
         }
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topology
-    }
-
-    /// Publishes one dispatch id and waits for the broker's confirm.
-    pub async fn publish(&self, dispatch_id: Uuid) -> Result<(), PublishError> {
-        let timeout = self.settings.publish_timeout;
+    /// Publishes one dispatch id and waits for the broker's confirm, at most
+    /// the publish timeout.
+    pub async fn publish(&self, dispatch_id: Uuid, route: Route) -> Result<(), PublishError> {
+        let timeout = self.settings.timeout;
         let started = Instant::now();
-        let result = self.publish_bounded(dispatch_id, timeout).await;
-        metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+        let result =
+            match tokio::time::timeout(timeout, self.publish_unbounded(dispatch_id, route)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // A silent broker: start afresh on the next publish.
+                    self.drop_link();
+                    Err(PublishError::Timeout(timeout))
+                }
+            };
+        metrics::histogram!(m::PUBLISH_DURATION, "route" => route.label())
+            .record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
-            metrics::counter!(m::PUBLISH_FAILURES, "reason" => error.kind()).increment(1);
+            metrics::counter!(m::PUBLISH_FAILURES, "route" => route.label(), "reason" => error.kind())
+                .increment(1);
         }
         result
     }
 
-    async fn publish_bounded(
-        &self,
-        dispatch_id: Uuid,
-        timeout: Duration,
-    ) -> Result<(), PublishError> {
-        match tokio::time::timeout(timeout, self.publish_unbounded(dispatch_id)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // A silent broker: start afresh on the next request.
-                self.drop_link();
-                Err(PublishError::Timeout(timeout))
-            }
-        }
-    }
-
-    async fn publish_unbounded(&self, dispatch_id: Uuid) -> Result<(), PublishError> {
+    async fn publish_unbounded(&self, dispatch_id: Uuid, route: Route) -> Result<(), PublishError> {
         let channel = self.channel().await.map_err(PublishError::Unreachable)?;
+        let topology = &self.settings.topology;
+        let (exchange, routing_key) = match route {
+            Route::Dispatch => (
+                topology.dispatch_exchange(),
+                DISPATCH_ROUTING_KEY.to_owned(),
+            ),
+            Route::Retry(delay) => (
+                topology.retry_exchange(),
+                Topology::retry_routing_key(delay),
+            ),
+        };
         let properties = amqp::dispatch_properties(dispatch_id);
         let payload = DispatchMessage::new(dispatch_id).encode();
         let outcome = async {
             channel
                 .basic_publish(
-                    self.topology.dispatch_exchange().into(),
-                    DISPATCH_ROUTING_KEY.into(),
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
@@ -141,10 +174,32 @@ impl Publisher {
 
     /// Whether the broker can be reached now (for `/readyz`).
     pub async fn ready(&self) -> anyhow::Result<()> {
-        tokio::time::timeout(self.settings.publish_timeout, self.channel())
+        tokio::time::timeout(self.settings.timeout, self.channel())
             .await
             .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))?
             .map(|_| ())
+    }
+
+    /// Messages waiting in one of the topology's queues (for the depth gauge).
+    pub async fn message_count(&self, queue: &str) -> anyhow::Result<u32> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = tokio::time::timeout(self.settings.timeout, async {
+            let channel = self.channel().await?;
+            channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await
+                .context("reading the queue depth")
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("reading the queue depth timed out"))?;
+        if declared.is_err() {
+            // A failed passive declare closes the channel.
+            self.drop_link();
+        }
+        Ok(declared?.message_count())
     }
 
     fn current(&self) -> Option<Channel> {
@@ -174,7 +229,7 @@ impl Publisher {
                 *last_failure = None;
                 let channel = link.channel.clone();
                 *self.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
-                tracing::info!("connected to RabbitMQ");
+                tracing::info!("publisher connected to RabbitMQ");
                 Ok(channel)
             }
             Err(error) => {
@@ -186,7 +241,8 @@ impl Publisher {
     }
 
     async fn connect(&self) -> anyhow::Result<Link> {
-        let connection = amqp::connect(&self.settings.url, self.settings.publish_timeout).await?;
+        let settings = &self.settings;
+        let connection = amqp::connect(settings.url.expose(), settings.timeout).await?;
         let channel = connection
             .create_channel()
             .await
@@ -195,9 +251,13 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .context("enabling publisher confirms")?;
-        self.topology
-            .declare(&channel, &self.settings.retry_delays)
-            .await?;
+        settings.topology.declare_dispatch(&channel).await?;
+        if !settings.retry_delays.is_empty() {
+            settings
+                .topology
+                .declare_retries(&channel, &settings.retry_delays)
+                .await?;
+        }
         Ok(Link {
             _connection: connection,
             channel,
