@@ -440,3 +440,48 @@ impl Stack {
         }
     }
 }
+
+/// The worker's core on its own: `Processor::process` against the test's
+/// database and a real mail transport, with no broker anywhere.
+pub fn processor(
+    settings: verimail_worker::WorkerSettings,
+    pool: &PgPool,
+) -> verimail_worker::Processor {
+    let transport = verimail_worker::mail::Transport::from_url(
+        settings.smtp_url.as_ref().map(SecretUrl::expose),
+        &settings.outbox,
+        settings.smtp_connections,
+        settings.smtp_timeout,
+        settings.smtp_timeout,
+    )
+    .unwrap();
+    verimail_worker::Processor {
+        pool: pool.clone(),
+        keys: test_keys(),
+        transport,
+        settings: std::sync::Arc::new(settings),
+    }
+}
+
+/// Records a dispatch as the intake would (rate limit, supersession, sealed
+/// code), without publishing it; returns its id and the plain code.
+pub async fn record_dispatch(pool: &PgPool, partner_id: Uuid, email: &str) -> (Uuid, String) {
+    let id = Uuid::now_v7();
+    let code = verimail_core::code::Code::generate(6);
+    let keys = test_keys();
+    let email = verimail_core::Email::parse(email).unwrap();
+    let new = verimail_intake::store::NewDispatch {
+        id,
+        partner_id,
+        email: &email,
+        lang: verimail_core::Lang::EnUs,
+        ttl: verimail_core::CodeTtl::from_stored(5).unwrap(),
+        code_digest: keys.code_digest(id, code.expose()),
+        code_sealed: keys.seal_code(id, code.expose()),
+    };
+    let admission = verimail_intake::store::accept(pool, new, RateLimit::DEFAULT)
+        .await
+        .unwrap();
+    assert_eq!(admission, verimail_intake::store::Admission::Accepted);
+    (id, code.expose().to_owned())
+}

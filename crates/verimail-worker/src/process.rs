@@ -162,3 +162,86 @@ pub fn after_transient(
     }
     Outcome::Retry { reason, after }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verimail_core::secrets::SecretUrl;
+
+    fn settings(retry_delays: &[u64], max_attempts: u32) -> WorkerSettings {
+        WorkerSettings {
+            amqp_url: SecretUrl::new("amqp://127.0.0.1"),
+            prefix: "t".into(),
+            publish_timeout: Duration::from_secs(1),
+            retry_delays: retry_delays
+                .iter()
+                .copied()
+                .map(Duration::from_secs)
+                .collect(),
+            max_attempts,
+            prefetch: 1,
+            lease: Duration::from_secs(30),
+            mail: mail::MailSettings::new("t <t@example.com>".parse().expect("mailbox"), "t"),
+            smtp_url: None,
+            outbox: std::env::temp_dir(),
+            smtp_connections: 1,
+            smtp_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(15),
+            sweep_grace: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn transient_failures_follow_the_schedule_until_attempts_or_time_run_out() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let minutes = |m: i64| now + time::Duration::minutes(m);
+        let retry = |secs: u64| Outcome::Retry {
+            reason: "451".into(),
+            after: Duration::from_secs(secs),
+        };
+        // (schedule, max attempts, attempts so far, code expires at, expected)
+        let cases = [
+            (&[5, 30][..], 5, 1, minutes(10), retry(5)),
+            (&[5, 30], 5, 2, minutes(10), retry(30)),
+            // The last wait repeats.
+            (&[5, 30], 5, 4, minutes(10), retry(30)),
+            (
+                &[5, 30],
+                5,
+                5,
+                minutes(10),
+                Outcome::Failed("gave up after 5 attempts: 451".into()),
+            ),
+            (
+                &[5],
+                1,
+                1,
+                minutes(10),
+                Outcome::Failed("gave up after 1 attempts: 451".into()),
+            ),
+            // The next try would come after the code is dead.
+            (
+                &[120],
+                5,
+                1,
+                minutes(2),
+                Outcome::Expired("the code expires before the next attempt: 451".into()),
+            ),
+            (&[120], 5, 1, minutes(3), retry(120)),
+        ];
+        for (schedule, max, attempts, expires_at, expected) in cases {
+            let got = after_transient(
+                &settings(schedule, max),
+                "451".into(),
+                attempts,
+                now,
+                expires_at,
+            );
+            assert_eq!(
+                got, expected,
+                "schedule {schedule:?}, max {max}, attempt {attempts}"
+            );
+        }
+    }
+}
