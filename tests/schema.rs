@@ -1,6 +1,7 @@
 //! The schema spells a few state sets in SQL where a bound parameter cannot
 //! go (an index predicate, a CHECK constraint). These tests keep those
 //! spellings equal to `DispatchStatus`, the one definition in Rust.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! `Processor::process`, the worker's core, called directly: one dispatch id
 //! in, one recorded outcome and one instruction for the consumer out. No
 //! broker is involved; the database and the SMTP server are real.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
