@@ -23,6 +23,14 @@ const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// This process's metrics in the text format.
+pub fn render() -> String {
+    install().render()
+}
+
 /// Installs the process-wide recorder once and returns the handle that
 /// renders the text format. Later calls return the same handle.
 pub fn install() -> PrometheusHandle {

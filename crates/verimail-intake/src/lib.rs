@@ -4,7 +4,6 @@
 pub mod accounts;
 pub mod auth;
 pub mod error;
-pub mod metrics_server;
 pub mod request_id;
 pub mod routes;
 pub mod settings;

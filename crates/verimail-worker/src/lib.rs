@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod mail;
+pub mod metrics_server;
 pub mod process;
 pub mod settings;
 pub mod store;

@@ -11,13 +11,10 @@ use crate::startup::AppState;
 
 /// Prometheus text format.
 pub async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    let body = verimail_core::metrics::install().render();
+    use verimail_core::metrics;
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(),
     )
 }
 
