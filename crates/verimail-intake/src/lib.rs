@@ -8,7 +8,9 @@ pub mod request_id;
 pub mod routes;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod store;
 
 pub use settings::{IntakeSettings, RateLimit};
-pub use startup::{AppState, Application};
+pub use startup::Application;
+pub use state::AppState;

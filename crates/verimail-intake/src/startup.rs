@@ -17,16 +17,8 @@ use verimail_core::secrets::Keys;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::routes::{check, dispatches, health, send};
+use crate::state::AppState;
 use crate::{IntakeSettings, request_id};
-
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub keys: Keys,
-    pub auth: Arc<Authenticator>,
-    pub publisher: Arc<Publisher>,
-    pub settings: Arc<IntakeSettings>,
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()

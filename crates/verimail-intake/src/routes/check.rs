@@ -8,7 +8,7 @@ use verimail_core::{CheckRequest, ErrorCode};
 
 use crate::error::{ApiError, Result};
 use crate::routes::AuthenticatedJson;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{self, CheckOutcome};
 
 pub async fn check(

@@ -8,7 +8,7 @@ use verimail_core::ErrorCode;
 
 use crate::auth::Presented;
 use crate::error::{ApiError, Result};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{self, DispatchView};
 
 pub async fn show(

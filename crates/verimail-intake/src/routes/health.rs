@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Prometheus text format.
 pub async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {

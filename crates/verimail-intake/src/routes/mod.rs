@@ -50,12 +50,12 @@ pub struct AuthenticatedJson {
     pub body: Bytes,
 }
 
-impl axum::extract::FromRequest<crate::startup::AppState> for AuthenticatedJson {
+impl axum::extract::FromRequest<crate::state::AppState> for AuthenticatedJson {
     type Rejection = ApiError;
 
     async fn from_request(
         request: axum::extract::Request,
-        state: &crate::startup::AppState,
+        state: &crate::state::AppState,
     ) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
         let body = read_body(body).await?;

@@ -12,7 +12,7 @@ use verimail_core::{ErrorCode, SendRequest};
 use crate::error::{ApiError, Result};
 use crate::request_id::RequestId;
 use crate::routes::AuthenticatedJson;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{self, Admission, NewDispatch};
 
 pub async fn send(

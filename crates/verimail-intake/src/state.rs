@@ -1,0 +1,19 @@
+//! What every handler shares: built once in `startup`, read by `routes`.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use verimail_core::publisher::Publisher;
+use verimail_core::secrets::Keys;
+
+use crate::IntakeSettings;
+use crate::auth::Authenticator;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub keys: Keys,
+    pub auth: Arc<Authenticator>,
+    pub publisher: Arc<Publisher>,
+    pub settings: Arc<IntakeSettings>,
+}
