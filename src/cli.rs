@@ -9,7 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 use verimail_core::db;
 use verimail_core::secrets::{Keys, MasterSecret};
-use verimail_intake::accounts::{self, AccountKind};
+use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 
 use crate::config::{self, ConfigError, ProcessEnv, Source};
 use crate::telemetry;
@@ -197,10 +197,10 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             } else {
                 AccountKind::Partner
             };
-            let id = accounts::create_partner(&pool, &name, kind, suspended).await?;
+            let status = AccountStatus::suspended_if(suspended);
+            let id = accounts::create_partner(&pool, &name, kind, status).await?;
             print(
-                json!({"partner_id": id, "name": name, "kind": if customer { "customer" } else { "partner" },
-                         "status": if suspended { "suspended" } else { "active" }}),
+                json!({"partner_id": id, "name": name, "kind": kind.as_str(), "status": status.as_str()}),
             );
         }
         Command::Token(TokenCommand::Issue { partner, ttl }) => {

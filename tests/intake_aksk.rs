@@ -10,7 +10,7 @@ use serde_json::Value;
 use support::*;
 use time::OffsetDateTime;
 use verimail_core::sdk_signature::{self, SignedRequest};
-use verimail_intake::accounts::{self, AccountKind};
+use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 
 struct Key {
     partner_id: uuid::Uuid,
@@ -19,9 +19,14 @@ struct Key {
 }
 
 async fn key(db: &TestDb, kind: AccountKind, suspended: bool) -> Key {
-    let partner_id = accounts::create_partner(&db.pool, "sdk", kind, suspended)
-        .await
-        .unwrap();
+    let partner_id = accounts::create_partner(
+        &db.pool,
+        "sdk",
+        kind,
+        AccountStatus::suspended_if(suspended),
+    )
+    .await
+    .unwrap();
     let created = accounts::create_access_key(&db.pool, &test_keys(), partner_id)
         .await
         .unwrap();

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use verimail_intake::accounts::{self, AccountKind};
+use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 
 #[tokio::test]
 async fn token_outcomes_follow_the_spec() {
@@ -26,9 +26,10 @@ async fn token_outcomes_follow_the_spec() {
             .await
             .unwrap()
     );
-    let expired_id = accounts::create_partner(&db.pool, "old", AccountKind::Partner, false)
-        .await
-        .unwrap();
+    let expired_id =
+        accounts::create_partner(&db.pool, "old", AccountKind::Partner, AccountStatus::Active)
+            .await
+            .unwrap();
     let expired = accounts::issue_token(&db.pool, expired_id, Duration::from_millis(1))
         .await
         .unwrap()
@@ -83,7 +84,7 @@ async fn token_outcomes_follow_the_spec() {
 
     assert_eq!(intake.send(&live.token, &body).await.status, 204);
     // Suspending takes effect for the next request.
-    accounts::set_suspended(&db.pool, live.id, true)
+    accounts::set_status(&db.pool, live.id, AccountStatus::Suspended)
         .await
         .unwrap();
     let reply = intake.send(&live.token, &body).await;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use verimail_core::amqp::Topology;
 use verimail_core::secrets::{Keys, MasterSecret, SecretUrl};
 use verimail_core::{DispatchMessage, db};
-use verimail_intake::accounts::{self, AccountKind};
+use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 use verimail_intake::settings::AmqpSettings;
 use verimail_intake::{Application, IntakeSettings, RateLimit};
 
@@ -235,7 +235,7 @@ pub struct Partner {
 }
 
 pub async fn partner(pool: &PgPool, kind: AccountKind, suspended: bool) -> Partner {
-    let id = accounts::create_partner(pool, "test", kind, suspended)
+    let id = accounts::create_partner(pool, "test", kind, AccountStatus::suspended_if(suspended))
         .await
         .unwrap();
     let token = accounts::issue_token(pool, id, Duration::from_secs(3600))

@@ -10,6 +10,8 @@ use verimail_core::secrets::Keys;
 
 pub const TOKEN_PREFIX: &str = "vmt_";
 
+/// Only partners may call the API; a customer account authenticates and is
+/// refused with CBC.99000035.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountKind {
     Partner,
@@ -17,10 +19,46 @@ pub enum AccountKind {
 }
 
 impl AccountKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Partner => "partner",
             Self::Customer => "customer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Partner, Self::Customer]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A suspended partner authenticates and is refused with CBC.0151.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    Suspended,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Active, Self::Suspended]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    pub fn suspended_if(suspended: bool) -> Self {
+        if suspended {
+            Self::Suspended
+        } else {
+            Self::Active
         }
     }
 }
@@ -29,14 +67,14 @@ pub async fn create_partner(
     pool: &PgPool,
     name: &str,
     kind: AccountKind,
-    suspended: bool,
+    status: AccountStatus,
 ) -> anyhow::Result<Uuid> {
     let id = Uuid::new_v4();
     sqlx::query("INSERT INTO partners (id, name, kind, status) VALUES ($1, $2, $3, $4)")
         .bind(id)
         .bind(name)
         .bind(kind.as_str())
-        .bind(if suspended { "suspended" } else { "active" })
+        .bind(status.as_str())
         .execute(pool)
         .await
         .context("inserting the partner")?;
@@ -44,14 +82,14 @@ pub async fn create_partner(
 }
 
 /// Suspends or reactivates a partner (used by operators and tests).
-pub async fn set_suspended(
+pub async fn set_status(
     pool: &PgPool,
     partner_id: Uuid,
-    suspended: bool,
+    status: AccountStatus,
 ) -> anyhow::Result<bool> {
     let done = sqlx::query("UPDATE partners SET status = $2 WHERE id = $1")
         .bind(partner_id)
-        .bind(if suspended { "suspended" } else { "active" })
+        .bind(status.as_str())
         .execute(pool)
         .await
         .context("updating the partner")?;

@@ -13,6 +13,9 @@ pub struct ApiError {
     code: ErrorCode,
     /// A precise message for the client; `None` uses the table's message.
     message: Option<String>,
+    /// An infrastructure failure behind the answer: logged with its cause
+    /// chain when the response is written, never shown to the client.
+    cause: Option<anyhow::Error>,
 }
 
 impl ApiError {
@@ -20,6 +23,7 @@ impl ApiError {
         Self {
             code,
             message: None,
+            cause: None,
         }
     }
 
@@ -27,6 +31,7 @@ impl ApiError {
         Self {
             code,
             message: Some(message.into()),
+            cause: None,
         }
     }
 
@@ -34,11 +39,20 @@ impl ApiError {
         self.code
     }
 
-    /// An infrastructure failure: the cause chain goes to the log, the client
-    /// gets `code` with its generic message.
-    pub fn infra(code: ErrorCode, what: &str, error: &anyhow::Error) -> Self {
-        tracing::error!(error = format!("{error:#}"), "{what}");
-        Self::new(code)
+    /// An infrastructure failure answered with `code` and its generic
+    /// message; the cause chain goes to the log when the response is written.
+    pub fn infra(code: ErrorCode, cause: anyhow::Error) -> Self {
+        Self {
+            cause: Some(cause),
+            ..Self::new(code)
+        }
+    }
+}
+
+/// Any unexpected failure is a CBC.0999; give it context with `anyhow`.
+impl From<anyhow::Error> for ApiError {
+    fn from(cause: anyhow::Error) -> Self {
+        Self::infra(ErrorCode::Internal, cause)
     }
 }
 
@@ -59,6 +73,13 @@ struct Body<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Some(cause) = &self.cause {
+            tracing::error!(
+                error = format!("{cause:#}"),
+                error_code = self.code.code(),
+                "request failed"
+            );
+        }
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = Body {

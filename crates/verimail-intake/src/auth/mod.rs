@@ -11,6 +11,7 @@ mod signature;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::http::{HeaderMap, Method, Uri};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -19,6 +20,7 @@ use verimail_core::ErrorCode;
 use verimail_core::secrets::{self, Keys};
 
 use self::cache::Cache;
+use crate::accounts::{AccountKind, AccountStatus};
 use crate::error::ApiError;
 
 pub const TOKEN_HEADER: &str = "x-auth-token";
@@ -33,8 +35,8 @@ pub struct Caller {
 #[derive(Debug, Clone)]
 struct Account {
     partner_id: Uuid,
-    kind: String,
-    status: String,
+    kind: AccountKind,
+    status: AccountStatus,
     expires_at: Option<OffsetDateTime>,
     revoked: bool,
 }
@@ -147,7 +149,7 @@ impl Authenticator {
     }
 }
 
-async fn lookup_token(pool: &PgPool, digest: &[u8]) -> Result<Option<Account>, ApiError> {
+async fn lookup_token(pool: &PgPool, digest: &[u8]) -> anyhow::Result<Option<Account>> {
     let row: Option<(Uuid, String, String, OffsetDateTime, bool)> = sqlx::query_as(
         "SELECT t.partner_id, p.kind, p.status, t.expires_at, t.revoked_at IS NOT NULL
            FROM tokens t JOIN partners p ON p.id = t.partner_id
@@ -156,24 +158,41 @@ async fn lookup_token(pool: &PgPool, digest: &[u8]) -> Result<Option<Account>, A
     .bind(digest)
     .fetch_optional(pool)
     .await
-    .map_err(|e| ApiError::infra(ErrorCode::Internal, "looking up a token failed", &e.into()))?;
-    Ok(
-        row.map(|(partner_id, kind, status, expires_at, revoked)| Account {
+    .context("looking up a token")?;
+    row.map(|(partner_id, kind, status, expires_at, revoked)| {
+        Account::decode(partner_id, &kind, &status, Some(expires_at), revoked)
+    })
+    .transpose()
+}
+
+impl Account {
+    /// From the row's text columns (which CHECK constraints keep to the
+    /// known spellings).
+    fn decode(
+        partner_id: Uuid,
+        kind: &str,
+        status: &str,
+        expires_at: Option<OffsetDateTime>,
+        revoked: bool,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
             partner_id,
-            kind,
-            status,
-            expires_at: Some(expires_at),
+            kind: AccountKind::parse(kind)
+                .with_context(|| format!("unknown account kind {kind:?}"))?,
+            status: AccountStatus::parse(status)
+                .with_context(|| format!("unknown account status {status:?}"))?,
+            expires_at,
             revoked,
-        }),
-    )
+        })
+    }
 }
 
 /// The account checks shared by every way of authenticating.
 fn admit(account: &Account) -> Result<Caller, ApiError> {
-    if account.kind != "partner" {
+    if account.kind != AccountKind::Partner {
         return Err(ApiError::new(ErrorCode::NotPartner));
     }
-    if account.status != "active" {
+    if account.status != AccountStatus::Active {
         return Err(ApiError::with_message(
             ErrorCode::Forbidden,
             "Access denied: the partner is suspended.",

@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::http::HeaderMap;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::ErrorCode;
 use verimail_core::sdk_signature::{self, AuthorizationHeader, SignedRequest};
 use verimail_core::secrets::Keys;
 
 use super::{Account, Presented};
-use crate::error::ApiError;
 
 pub const DOMAIN_HEADER: &str = "x-domain-id";
 
@@ -21,7 +20,7 @@ pub(super) async fn lookup_key(
     pool: &PgPool,
     keys: &Keys,
     access_key: &str,
-) -> Result<Option<(Account, Vec<u8>)>, ApiError> {
+) -> anyhow::Result<Option<(Account, Vec<u8>)>> {
     let row: Option<(Uuid, String, String, Vec<u8>, bool)> = sqlx::query_as(
         "SELECT k.partner_id, p.kind, p.status, k.secret_sealed, k.revoked_at IS NOT NULL
            FROM access_keys k JOIN partners p ON p.id = k.partner_id
@@ -30,33 +29,17 @@ pub(super) async fn lookup_key(
     .bind(access_key)
     .fetch_optional(pool)
     .await
-    .map_err(|e| {
-        ApiError::infra(
-            ErrorCode::Internal,
-            "looking up an access key failed",
-            &e.into(),
-        )
-    })?;
+    .context("looking up an access key")?;
     let Some((partner_id, kind, status, sealed, revoked)) = row else {
         return Ok(None);
     };
     let secret = keys.open_access_secret(access_key, &sealed).map_err(|_| {
-        ApiError::infra(
-            ErrorCode::Internal,
-            "opening a sealed secret key failed",
-            &anyhow::anyhow!("was VERIMAIL_SECRET changed since the key was created?"),
+        anyhow::anyhow!(
+            "opening a sealed secret key failed: was VERIMAIL_SECRET changed since the key was created?"
         )
     })?;
-    Ok(Some((
-        Account {
-            partner_id,
-            kind,
-            status,
-            expires_at: None,
-            revoked,
-        },
-        secret,
-    )))
+    let account = Account::decode(partner_id, &kind, &status, None, revoked)?;
+    Ok(Some((account, secret)))
 }
 
 pub(super) fn verify(

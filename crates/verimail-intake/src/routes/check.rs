@@ -16,9 +16,7 @@ pub async fn check(
     AuthenticatedJson { caller, body }: AuthenticatedJson,
 ) -> Result<Response> {
     let request = CheckRequest::parse(&body)?;
-    let outcome = store::check_code(&state.pool, &state.keys, caller.partner_id, &request)
-        .await
-        .map_err(|e| ApiError::infra(ErrorCode::Internal, "checking a code failed", &e))?;
+    let outcome = store::check_code(&state.pool, &state.keys, caller.partner_id, &request).await?;
     tracing::info!(outcome = ?outcome, email = request.email.redacted(), "code checked");
     match outcome {
         CheckOutcome::Verified(_) => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -29,8 +29,7 @@ pub async fn show(
     let not_found = || ApiError::new(ErrorCode::NotFound);
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     store::find(&state.pool, id, caller.partner_id)
-        .await
-        .map_err(|e| ApiError::infra(ErrorCode::Internal, "reading a dispatch failed", &e))?
+        .await?
         .map(Json)
         .ok_or_else(not_found)
 }

@@ -39,13 +39,7 @@ pub async fn send(
     match store::accept(&state.pool, new, state.settings.rate_limit).await {
         Ok(Admission::Accepted) => {}
         Ok(Admission::RateLimited) => return Err(ApiError::new(ErrorCode::RateLimited)),
-        Err(error) => {
-            return Err(ApiError::infra(
-                ErrorCode::CodeNotRecorded,
-                "recording a dispatch failed",
-                &error,
-            ));
-        }
+        Err(error) => return Err(ApiError::infra(ErrorCode::CodeNotRecorded, error)),
     }
 
     if let Err(error) = state.publisher.publish(id, Route::Dispatch).await {
