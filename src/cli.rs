@@ -1,4 +1,4 @@
-//! Commands of SPEC §6. Results go to stdout as one JSON object, logs to stderr.
+//! The commands README's "CLI" section lists. Results go to stdout as one JSON object, logs to stderr.
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Configuration from the environment (SPEC §6), read once at start.
+//! Configuration from the environment (README, "Configuration"), read once at start.
 //! A bad value stops the process with one line naming the variable.
 
 use std::net::SocketAddr;

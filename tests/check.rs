@@ -1,4 +1,4 @@
-//! Checking a code (SPEC §4): single use, three wrong tries, expiry,
+//! Checking a code: single use, three wrong tries, expiry,
 //! supersession, concurrency, and partner isolation.
 #![allow(clippy::unwrap_used)]
 

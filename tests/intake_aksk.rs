@@ -1,4 +1,4 @@
-//! AK/SK-signed requests (SPEC §3): signatures as Huawei Cloud's SDKs make
+//! AK/SK-signed requests (README, "Authentication"): signatures as Huawei Cloud's SDKs make
 //! them, the same outcomes as tokens, and the official Python SDK itself.
 #![allow(clippy::unwrap_used)]
 

@@ -1,4 +1,4 @@
-//! Token authentication outcomes (SPEC §2): 401 / 403 / CBC.99000035.
+//! Token authentication outcomes: 401 / 403 / CBC.99000035.
 
 #![allow(clippy::unwrap_used)]
 

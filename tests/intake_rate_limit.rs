@@ -1,4 +1,4 @@
-//! The per-recipient limit is atomic across intake processes (SPEC §2).
+//! The per-recipient limit is atomic across intake processes (README, "HTTP API").
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,5 +1,5 @@
 //! The send endpoint against the real Postgres and RabbitMQ: every rule of
-//! the SPEC §2 table over HTTP, and what a 204 or a rejection leaves behind.
+//! the send rules table over HTTP, and what a 204 or a rejection leaves behind.
 
 #![allow(clippy::unwrap_used)]
 

@@ -52,3 +52,16 @@ async fn every_state_and_only_those_pass_the_check_constraint() {
     .expect("a status CHECK constraint");
     assert_eq!(quoted_names(&constraint), names(&DispatchStatus::ALL));
 }
+
+#[tokio::test]
+async fn the_token_digest_is_documented_as_what_it_is() {
+    let db = TestDb::new().await;
+    let comment: Option<String> = sqlx::query_scalar(
+        "SELECT col_description('tokens'::regclass, attnum) FROM pg_attribute
+          WHERE attrelid = 'tokens'::regclass AND attname = 'digest'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(comment.unwrap_or_default().starts_with("SHA-256"));
+}

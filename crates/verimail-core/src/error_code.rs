@@ -1,6 +1,6 @@
 //! The one table of CBC error codes: code, HTTP status and client message.
 
-/// Every error the API can answer with (SPEC §2).
+/// Every error the API can answer with (README, "HTTP API").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     ParameterError,
@@ -87,7 +87,7 @@ impl ErrorCode {
             Self::CodeWrong => ("CBC.99004010", 400, "The verification code is incorrect."),
             Self::Unauthenticated => ("CBC.0154", 401, "Authentication failed."),
             Self::Forbidden => ("CBC.0151", 403, "Access denied."),
-            // SPEC §4: an unknown dispatch is answered as a parameter error.
+            // An unknown dispatch is answered as a parameter error, as Huawei does.
             Self::NotFound => ("CBC.0100", 404, "The dispatch does not exist."),
             Self::MethodNotAllowed => ("CBC.0100", 405, "Method not allowed."),
             Self::Internal => ("CBC.0999", 500, "Internal error. Try again later."),

@@ -1,5 +1,5 @@
 //! Domain types shared by the intake and the worker: the request rules of
-//! SPEC §2, the CBC error table, the dispatch state machine, the queue
+//! the send and check endpoints, the CBC error table, the dispatch state machine, the queue
 //! message, code secrets, and the broker/database plumbing both sides use.
 
 pub mod amqp;

@@ -1,4 +1,5 @@
-//! Parsing of request bodies at the edge (SPEC §2). Every field rule lives
+//! Parsing of request bodies at the edge (the rules README's "HTTP API"
+//! section lists). Every field rule lives
 //! here once; handlers only ever see the parsed types.
 
 use serde_json::{Map, Value};
@@ -231,7 +232,7 @@ impl SendRequest {
     }
 }
 
-/// A valid `check` request (SPEC §4).
+/// A valid `check` request (README, "Checking a code").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckRequest {
     pub email: Email,

@@ -103,7 +103,7 @@ pub async fn find(
     .context("reading the dispatch")
 }
 
-/// Wrong tries after which a code is void (SPEC §4).
+/// Wrong tries after which a code is void (README, "Checking a code").
 pub const MAX_CHECK_FAILURES: i32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `POST /v2/bases/verificationcode/check` — SPEC §4: consumes the newest
+//! `POST /v2/bases/verificationcode/check`: consumes the newest
 //! code the calling partner requested for the address.
 
 use axum::extract::State;

@@ -1,4 +1,5 @@
-//! `GET /v2/bases/verificationcode/dispatches/{id}` — SPEC §4.
+//! `GET /v2/bases/verificationcode/dispatches/{id}`: a partner reads the
+//! state of one of its own dispatches.
 
 use axum::Json;
 use axum::extract::{Path, State};

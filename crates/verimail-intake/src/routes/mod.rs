@@ -11,7 +11,7 @@ use verimail_core::ErrorCode;
 
 use crate::error::ApiError;
 
-/// SPEC §2: bodies over 16 KiB are parameter errors.
+/// Bodies over 16 KiB are parameter errors (CBC.0100).
 pub const BODY_LIMIT: usize = 16 * 1024;
 
 /// Reads the body ourselves so an oversized one is a CBC error, not axum's
@@ -42,7 +42,7 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// A JSON call in SPEC §2's order: read the body (≤ 16 KiB), authenticate
+/// A JSON call in the documented order of checks: read the body (≤ 16 KiB), authenticate
 /// (the signature covers the body), then insist on JSON. Handlers that take
 /// it only parse fields.
 pub struct AuthenticatedJson {

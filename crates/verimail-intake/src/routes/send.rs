@@ -1,4 +1,4 @@
-//! `POST /v2/bases/verificationcode/send` — SPEC §2, checks in its order:
+//! `POST /v2/bases/verificationcode/send`, checks in the documented order:
 //! authentication → parameters → rate limit → record → hand-off → 204.
 
 use axum::Extension;

@@ -38,7 +38,7 @@ enum Inner {
 
 impl Transport {
     /// `smtp_url` `None` writes each mail as `<uuid>.eml` into `outbox`
-    /// (created if missing). Otherwise see the `SMTP_URL` forms in SPEC §6:
+    /// (created if missing). Otherwise see the `SMTP_URL` forms in README's "Configuration":
     /// `smtp://host:port`, `smtp://host?tls=required|opportunistic|none`,
     /// `smtps://user:pass@host` (user and password percent-decoded).
     ///
