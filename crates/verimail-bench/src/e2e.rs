@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
+use verimail_core::DispatchStatus;
 
 use anyhow::Context;
 use clap::Args;
@@ -151,18 +152,20 @@ async fn wait_until_terminal(
     loop {
         let open: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM dispatches
-              WHERE status IN ('queued', 'sending', 'retrying') AND created_at >= $1",
+              WHERE status = ANY($2) AND created_at >= $1",
         )
         .bind(since)
+        .bind(&DispatchStatus::OPEN[..])
         .fetch_one(pool)
         .await
         .context("counting open dispatches")?;
         if open == 0 {
             let done: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM dispatches
-                  WHERE id = ANY($1) AND status NOT IN ('queued', 'sending', 'retrying')",
+                  WHERE id = ANY($1) AND NOT status = ANY($2)",
             )
             .bind(ids)
+            .bind(&DispatchStatus::OPEN[..])
             .fetch_one(pool)
             .await
             .context("counting finished dispatches")?;
@@ -281,12 +284,12 @@ pub async fn drain_main(args: DrainArgs) -> anyhow::Result<ExitCode> {
     let pool = connect(&args.db.database_url).await?;
     let give_up = tokio::time::Instant::now() + args.db.drain_timeout;
     let all_terminal = loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM dispatches WHERE status IN ('queued', 'sending', 'retrying')",
-        )
-        .fetch_one(&pool)
-        .await
-        .context("counting open dispatches")?;
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM dispatches WHERE status = ANY($1)")
+                .bind(&DispatchStatus::OPEN[..])
+                .fetch_one(&pool)
+                .await
+                .context("counting open dispatches")?;
         if open == 0 {
             break true;
         }
@@ -298,9 +301,10 @@ pub async fn drain_main(args: DrainArgs) -> anyhow::Result<ExitCode> {
     let (sent, first, last): (i64, Option<OffsetDateTime>, Option<OffsetDateTime>) =
         sqlx::query_as(
             "SELECT count(*), min(sent_at), max(sent_at) FROM dispatches
-              WHERE status = 'sent' AND sent_at >= $1",
+              WHERE status = $2 AND sent_at >= $1",
         )
         .bind(since)
+        .bind(DispatchStatus::Sent)
         .fetch_one(&pool)
         .await
         .context("reading send times")?;
