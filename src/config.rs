@@ -41,7 +41,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "VERIMAIL_PUBLISH_TIMEOUT",
         "2s",
-        "longest wait for a publisher confirm",
+        "longest wait for a publisher confirm (the intake's hand-off, and the worker's retries and re-publishes)",
     ),
     (
         "VERIMAIL_RATE_LIMIT",
