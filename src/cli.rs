@@ -113,7 +113,7 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             db::create_database_if_missing(&common.database_url).await?;
-            let pool = db::pool(&common.db())?;
+            let pool = db::pool(&common.db_for_migrations())?;
             db::migrate(&pool).await?;
             print(json!({"migrated": true}));
         }
@@ -165,8 +165,8 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             };
             let keys = Keys::derive(&secret);
             db::create_database_if_missing(&common.database_url).await?;
+            db::migrate(&db::pool(&common.db_for_migrations())?).await?;
             let pool = db::pool(&common.db())?;
-            db::migrate(&pool).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let app = verimail_intake::Application::build(
                 intake.settings(&common),

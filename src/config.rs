@@ -65,6 +65,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "longest wait for a Postgres connection",
     ),
     (
+        "VERIMAIL_DB_STATEMENT_TIMEOUT",
+        "5s",
+        "longest a Postgres statement may run (migrations excepted)",
+    ),
+    (
         "SMTP_URL",
         "",
         "smtp://host:port, smtps://user:pass@host, smtp://host?tls=required; unset writes .eml files",
@@ -93,8 +98,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("VERIMAIL_MAX_ATTEMPTS", "5", "SMTP attempts in all"),
     (
         "VERIMAIL_LEASE",
-        "60s",
-        "how long a worker's claim on a dispatch lasts",
+        "15s",
+        "how long a worker's claim on a dispatch lasts unrenewed (renewed every third of it while sending; at least VERIMAIL_SMTP_TIMEOUT + 5s)",
     ),
     (
         "VERIMAIL_SMTP_CONNECTIONS",
@@ -194,6 +199,7 @@ pub struct Common {
     pub database_url: SecretUrl,
     pub db_pool_size: u32,
     pub db_acquire_timeout: Duration,
+    pub db_statement_timeout: Duration,
     pub amqp_url: SecretUrl,
     pub amqp_prefix: String,
     pub publish_timeout: Duration,
@@ -206,6 +212,7 @@ impl Common {
             database_url: read(src, "DATABASE_URL", |s| Ok(SecretUrl::new(s)))?,
             db_pool_size: read(src, "VERIMAIL_DB_POOL_SIZE", number(1, 1000))?,
             db_acquire_timeout: read(src, "VERIMAIL_DB_ACQUIRE_TIMEOUT", duration)?,
+            db_statement_timeout: read(src, "VERIMAIL_DB_STATEMENT_TIMEOUT", duration)?,
             amqp_url: read(src, "AMQP_URL", |s| {
                 if s.starts_with("amqp://") || s.starts_with("amqps://") {
                     Ok(SecretUrl::new(s))
@@ -234,6 +241,15 @@ impl Common {
             url: self.database_url.clone(),
             max_connections: self.db_pool_size,
             acquire_timeout: self.db_acquire_timeout,
+            statement_timeout: Some(self.db_statement_timeout),
+        }
+    }
+
+    /// For migrations: no statement timeout, a migration may rewrite a table.
+    pub fn db_for_migrations(&self) -> verimail_core::db::DbSettings {
+        verimail_core::db::DbSettings {
+            statement_timeout: None,
+            ..self.db()
         }
     }
 }
@@ -297,9 +313,16 @@ impl Intake {
             rate_limit: self.rate_limit,
             code_length: self.code_length,
             auth_cache_ttl: self.auth_cache_ttl,
+            // The failure record after a publish timeout waits at most for a
+            // connection and one statement's worth of round trip.
+            handoff_window: common.publish_timeout
+                + common.db_acquire_timeout
+                + Duration::from_secs(1),
         }
     }
 }
+
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -337,6 +360,25 @@ impl Worker {
                     .map_err(|_| "expected HOST:PORT, like 127.0.0.1:9091".into())
             })?,
         })
+        .and_then(Self::checked)
+    }
+
+    /// A lease must outlast one SMTP command with a margin: the renewal runs
+    /// beside the send, but a lease shorter than a stalled command would be
+    /// taken over while the holder is merely waiting.
+    fn checked(self) -> Result<Self, ConfigError> {
+        let least = self.smtp_timeout + LEASE_MARGIN;
+        if self.lease < least {
+            return Err(ConfigError {
+                var: "VERIMAIL_LEASE",
+                problem: format!(
+                    "must be at least VERIMAIL_SMTP_TIMEOUT + {}s ({})",
+                    LEASE_MARGIN.as_secs(),
+                    humantime::format_duration(least)
+                ),
+            });
+        }
+        Ok(self)
     }
 }
 
@@ -424,6 +466,10 @@ mod tests {
         assert_eq!(error.var, "AMQP_URL");
         let error = Worker::load(&env(&[("VERIMAIL_PREFETCH", "0")])).expect_err("zero prefetch");
         assert_eq!(error.var, "VERIMAIL_PREFETCH");
+        let short = env(&[("VERIMAIL_LEASE", "12s"), ("VERIMAIL_SMTP_TIMEOUT", "10s")]);
+        let error = Worker::load(&short).expect_err("a lease shorter than the SMTP timeout + 5s");
+        assert_eq!(error.var, "VERIMAIL_LEASE");
+        assert!(error.to_string().contains("15s"), "{error}");
         assert_eq!(
             require_secret(&env(&[])).expect_err("missing").var,
             "VERIMAIL_SECRET"

@@ -123,7 +123,7 @@ async fn an_expired_code_is_recorded_expired_and_never_mailed() {
 }
 
 #[tokio::test]
-async fn a_live_lease_of_another_worker_parks_for_what_is_left_of_it() {
+async fn a_live_lease_of_another_worker_is_rechecked_when_it_ends() {
     let t = Core::start().await;
     let (id, _) = t.record("held@example.com").await;
     t.tamper(
@@ -132,11 +132,14 @@ async fn a_live_lease_of_another_worker_parks_for_what_is_left_of_it() {
     )
     .await;
 
-    let Next::Park(wait) = t.core.process(id).await.unwrap() else {
-        panic!("expected to park behind the other worker's lease");
+    // A re-check at the lease's end (plus the takeover grace), not at the
+    // next retry bucket.
+    let Next::Recheck(wait) = t.core.process(id).await.unwrap() else {
+        panic!("expected a re-check behind the other worker's lease");
     };
+    let end = Duration::from_secs(20) + verimail_worker::store::TAKEOVER_GRACE;
     assert!(
-        wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+        wait > end - Duration::from_secs(5) && wait <= end,
         "{wait:?}"
     );
     assert!(t.sink.messages().is_empty());

@@ -130,6 +130,7 @@ pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
         code_length: 6,
         // Off, so tests see revocations at once; a dedicated test covers the cache.
         auth_cache_ttl: Duration::ZERO,
+        handoff_window: Duration::from_millis(1500 + 1000 + 1000),
     }
 }
 
@@ -138,6 +139,7 @@ pub fn db_settings(url: &str) -> db::DbSettings {
         url: SecretUrl::new(url),
         max_connections: 8,
         acquire_timeout: Duration::from_secs(1),
+        statement_timeout: Some(Duration::from_secs(5)),
     }
 }
 
@@ -479,9 +481,13 @@ pub async fn record_dispatch(pool: &PgPool, partner_id: Uuid, email: &str) -> (U
         code_digest: keys.code_digest(id, code.expose()),
         code_sealed: keys.seal_code(id, code.expose()),
     };
-    let admission = verimail_intake::store::accept(pool, new, RateLimit::DEFAULT)
-        .await
-        .unwrap();
-    assert_eq!(admission, verimail_intake::store::Admission::Accepted);
+    let admission =
+        verimail_intake::store::accept(pool, new, RateLimit::DEFAULT, Duration::from_secs(3))
+            .await
+            .unwrap();
+    assert!(matches!(
+        admission,
+        verimail_intake::store::Admission::Accepted { .. }
+    ));
     (id, code.expose().to_owned())
 }

@@ -16,6 +16,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 pub const DISPATCH_ROUTING_KEY: &str = "dispatch";
+/// Routes a message to the re-check queue (on the retry exchange).
+pub const RECHECK_ROUTING_KEY: &str = "recheck";
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -53,6 +55,12 @@ impl Topology {
         format!("{}.retry.{}ms", self.prefix, delay.as_millis())
     }
 
+    /// Messages that wait for their own expiration (a lease's end), then
+    /// dead-letter back to the dispatch queue.
+    pub fn recheck_queue(&self) -> String {
+        format!("{}.recheck", self.prefix)
+    }
+
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.prefix)
     }
@@ -63,7 +71,11 @@ impl Topology {
 
     /// Every queue name, for cleanup in tests and tooling.
     pub fn queues(&self, retry_delays: &[Duration]) -> Vec<String> {
-        let mut queues = vec![self.dispatch_queue(), self.dead_queue()];
+        let mut queues = vec![
+            self.dispatch_queue(),
+            self.dead_queue(),
+            self.recheck_queue(),
+        ];
         queues.extend(retry_delays.iter().map(|d| self.retry_queue(*d)));
         queues
     }
@@ -161,6 +173,31 @@ impl Topology {
             )
             .await
             .context("declaring the retry exchange")?;
+        // Per-message TTLs expire only at the head of a queue; every wait
+        // parked here is at most a lease long, so the head is never far behind.
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dispatch_exchange()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            string(DISPATCH_ROUTING_KEY),
+        );
+        channel
+            .queue_declare(self.recheck_queue().into(), queue_opts, args)
+            .await
+            .context("declaring the re-check queue")?;
+        channel
+            .queue_bind(
+                self.recheck_queue().into(),
+                self.retry_exchange().into(),
+                RECHECK_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("binding the re-check queue")?;
         for delay in retry_delays {
             // A delay queue has no consumer: messages wait out their TTL, then
             // dead-letter back to the dispatch exchange.

@@ -14,6 +14,8 @@ pub struct DbSettings {
     pub max_connections: u32,
     /// Bound on waiting for a connection, so an outage fails requests fast.
     pub acquire_timeout: Duration,
+    /// Bound on any one statement (`None` for migrations, which may be long).
+    pub statement_timeout: Option<Duration>,
 }
 
 /// Builds a pool without connecting: the process starts even while
@@ -24,7 +26,18 @@ pub fn pool(settings: &DbSettings) -> anyhow::Result<PgPool> {
         .expose()
         .parse()
         .context("DATABASE_URL is not a Postgres URL")?;
-    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    // Whatever the database's defaults: accept_dispatch needs READ COMMITTED
+    // (a fresh snapshot after its advisory lock) for the rate limit to be
+    // exact, and no statement may hang a request or a worker unboundedly.
+    let timeout_ms = settings
+        .statement_timeout
+        .map_or(0, |t| t.as_millis().max(1));
+    let options = options
+        .options([
+            ("default_transaction_isolation", "read committed".to_owned()),
+            ("statement_timeout", timeout_ms.to_string()),
+        ])
+        .log_statements(tracing::log::LevelFilter::Trace);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)

@@ -58,6 +58,9 @@ pub enum Route {
     /// The delay queue of this length (one of the declared retry delays),
     /// which dead-letters it back to the dispatch queue.
     Retry(Duration),
+    /// The re-check queue, for about this long (a per-message TTL): a look
+    /// at the end of another worker's lease, not at the next retry bucket.
+    Recheck(Duration),
 }
 
 impl Route {
@@ -65,6 +68,7 @@ impl Route {
         match self {
             Self::Dispatch => "dispatch",
             Self::Retry(_) => "retry",
+            Self::Recheck(_) => "recheck",
         }
     }
 }
@@ -137,8 +141,17 @@ impl Publisher {
                 topology.retry_exchange(),
                 Topology::retry_routing_key(delay),
             ),
+            Route::Recheck(_) => (
+                topology.retry_exchange(),
+                amqp::RECHECK_ROUTING_KEY.to_owned(),
+            ),
         };
-        let properties = amqp::dispatch_properties(dispatch_id);
+        let mut properties = amqp::dispatch_properties(dispatch_id);
+        if let Route::Recheck(after) = route {
+            // At least a millisecond: an expiration of 0 means "now or never".
+            let ms = after.as_millis().clamp(1, u128::from(u32::MAX));
+            properties = properties.with_expiration(ms.to_string().into());
+        }
         let payload = DispatchMessage::new(dispatch_id).encode();
         let outcome = async {
             channel

@@ -51,6 +51,10 @@ pub struct IntakeSettings {
     /// How long a verified credential is trusted without asking Postgres:
     /// the bound on how late a revocation or suspension takes effect.
     pub auth_cache_ttl: Duration,
+    /// How long after recording a dispatch the intake may still record its
+    /// hand-off as failed (CBC.99004003): at least the publish timeout plus
+    /// the time the failure record may take. Past it, the dispatch is mailed.
+    pub handoff_window: Duration,
 }
 
 #[cfg(test)]

@@ -20,7 +20,11 @@ pub struct NewDispatch<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
-    Accepted,
+    Accepted {
+        /// Older codes of this recipient and partner wait for a worker: they
+        /// are to be superseded once this one's hand-off is confirmed.
+        older_waiting: bool,
+    },
     RateLimited,
 }
 
@@ -30,9 +34,10 @@ pub async fn accept(
     pool: &PgPool,
     new: NewDispatch<'_>,
     limit: RateLimit,
+    handoff_window: std::time::Duration,
 ) -> anyhow::Result<Admission> {
     let outcome: String =
-        sqlx::query_scalar("SELECT accept_dispatch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        sqlx::query_scalar("SELECT accept_dispatch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
             .bind(new.id)
             .bind(new.partner_id)
             .bind(new.email.normalised())
@@ -43,24 +48,43 @@ pub async fn accept(
             .bind(new.code_sealed)
             .bind(limit.per_hour as i32)
             .bind(limit.per_day as i32)
+            .bind(handoff_window.as_secs_f64())
             .fetch_one(pool)
             .await
             .context("recording the dispatch")?;
     match outcome.as_str() {
-        "accepted" => Ok(Admission::Accepted),
+        "accepted" => Ok(Admission::Accepted {
+            older_waiting: false,
+        }),
+        "accepted_older_waiting" => Ok(Admission::Accepted {
+            older_waiting: true,
+        }),
         "rate_limited" => Ok(Admission::RateLimited),
         other => anyhow::bail!("accept_dispatch answered {other:?}"),
     }
 }
 
-/// The broker did not take the message: the code is void and the attempt
-/// stops counting toward the rate limit.
-pub async fn mark_handoff_failed(pool: &PgPool, id: Uuid, reason: &str) -> anyhow::Result<()> {
-    sqlx::query(
+/// The hand-off of `id` is confirmed: older codes of the same recipient and
+/// partner that wait for a worker are void now.
+pub async fn supersede_older(pool: &PgPool, id: Uuid) -> anyhow::Result<i32> {
+    sqlx::query_scalar("SELECT supersede_older($1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .context("superseding older codes")
+}
+
+/// The broker did not confirm the message: void the code, so no worker will
+/// mail it, and stop counting the attempt toward the rate limit. Returns
+/// `false` when the dispatch is already on its way (a worker claimed it: the
+/// message got through after all) or its hand-off window has passed (the
+/// sweeper will publish it): then it will be mailed, and the answer is 204.
+pub async fn mark_handoff_failed(pool: &PgPool, id: Uuid, reason: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query(
         "UPDATE dispatches
             SET status = $3, counts_toward_limit = false, code_sealed = NULL,
                 last_error = $2, updated_at = now()
-          WHERE id = $1 AND status = $4",
+          WHERE id = $1 AND status = $4 AND handoff_by > now()",
     )
     .bind(id)
     .bind(reason)
@@ -69,7 +93,7 @@ pub async fn mark_handoff_failed(pool: &PgPool, id: Uuid, reason: &str) -> anyho
     .execute(pool)
     .await
     .context("recording the failed hand-off")?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 #[derive(Debug, sqlx::FromRow, serde::Serialize)]
@@ -118,8 +142,10 @@ pub enum CheckOutcome {
 }
 
 /// Checks a code against the newest dispatch this partner made for the
-/// address. The row is locked for the check, so concurrent checks are
-/// serialised: one consumption, and never more than the allowed wrong tries.
+/// address, a failed hand-off aside (that code was never going to arrive, so
+/// the one before it stays good). The row is locked for the check, so
+/// concurrent checks are serialised: one consumption, and never more than
+/// the allowed wrong tries.
 pub async fn check_code(
     pool: &PgPool,
     keys: &verimail_core::secrets::Keys,
@@ -130,7 +156,7 @@ pub async fn check_code(
     let newest: Option<(Uuid, DispatchStatus, i32, Vec<u8>, bool)> = sqlx::query_as(
         "SELECT id, status, check_failures, code_digest, expires_at <= now()
            FROM dispatches
-          WHERE recipient = $1 AND partner_id = $2
+          WHERE recipient = $1 AND partner_id = $2 AND counts_toward_limit
           ORDER BY created_at DESC
           LIMIT 1
             FOR UPDATE",

@@ -131,26 +131,42 @@ async fn session(
         let _ = connection.close(200, "shutdown".into()).await;
         tracing::info!("worker stopped consuming");
     } else {
-        // Unacked messages return to the queue when the channel dies.
-        in_flight.abort_all();
+        // The broker went away, not the work: tasks finish their send and
+        // record the outcome (their acks fail; the redelivered messages then
+        // find the dispatch final or leased). Aborting them would forget
+        // mails SMTP had already accepted.
+        in_flight.detach_all();
     }
     result
 }
 
 async fn handle(processor: &Processor, publisher: &Publisher, delivery: Delivery) {
-    if let Err(error) = handle_inner(processor, publisher, &delivery).await {
-        tracing::error!(
-            error = format!("{error:#}"),
-            "processing failed; the message goes back to the queue"
-        );
-        tokio::time::sleep(INFRA_BACKOFF).await;
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        };
-        if let Err(error) = delivery.nack(requeue).await {
-            tracing::warn!(error = %error, "nack failed; the broker will redeliver on reconnect");
+    let Err(error) = handle_inner(processor, publisher, &delivery).await else {
+        return;
+    };
+    tracing::error!(
+        error = format!("{error:#}"),
+        "processing failed; the message will be delivered again"
+    );
+    // Parked for a re-check rather than requeued: a requeue counts as a
+    // delivery, and quorum queues dead-letter a message after their delivery
+    // limit (20 by default on RabbitMQ 4), which a long Postgres outage would
+    // reach with valid dispatches.
+    if let Ok(message) = DispatchMessage::decode(&delivery.data) {
+        let parked = publisher
+            .publish(message.dispatch_id, Route::Recheck(INFRA_BACKOFF))
+            .await;
+        if parked.is_ok() && delivery.ack(BasicAckOptions::default()).await.is_ok() {
+            return;
         }
+    }
+    tokio::time::sleep(INFRA_BACKOFF).await;
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(error) = delivery.nack(requeue).await {
+        tracing::warn!(error = %error, "nack failed; the broker will redeliver on reconnect");
     }
 }
 
@@ -173,6 +189,12 @@ async fn handle_inner(
                 .publish(message.dispatch_id, Route::Retry(delay))
                 .await
                 .context("parking for retry")?;
+        }
+        Next::Recheck(wait) => {
+            publisher
+                .publish(message.dispatch_id, Route::Recheck(wait))
+                .await
+                .context("parking for a re-check")?;
         }
         Next::DeadLetter(reason) => return dead_letter(delivery, &reason).await,
     }

@@ -14,7 +14,7 @@ use verimail_core::secrets::Keys;
 
 use crate::WorkerSettings;
 use crate::mail::{self, CodeMail, SendError, Transport};
-use crate::store::{self, Claim, Claimed, Holder, Outcome};
+use crate::store::{self, Claim, ClaimToken, Claimed, Outcome};
 
 /// What the consumer does with the message once the outcome is committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub enum Next {
     Ack,
     /// Re-deliver after at least this long (through a delay queue), then ack.
     Park(Duration),
+    /// Look again after about this long (the end of another worker's lease,
+    /// or of a newer code's hand-off), then ack.
+    Recheck(Duration),
     /// Not processable: send to the dead-letter queue.
     DeadLetter(String),
 }
@@ -33,14 +36,38 @@ pub struct Processor {
     pub settings: Arc<WorkerSettings>,
 }
 
+/// Backoff between tries of an outcome write that failed (Postgres away).
+const RECORD_BACKOFF: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+];
+
+/// How long an outcome write is retried before the worker gives up and lets
+/// the message go back to the queue (the lease then ends, and another worker
+/// may send again: only an outage longer than this can cause that).
+pub const RECORD_PATIENCE: Duration = Duration::from_secs(300);
+
 impl Processor {
     #[tracing::instrument(skip_all, fields(dispatch_id = %id))]
     pub async fn process(&self, id: Uuid) -> anyhow::Result<Next> {
-        let outcome = match store::claim(&self.pool, id, self.settings.lease).await? {
-            Claim::Mine(claimed) => self.attempt_and_decide(id, &claimed).await,
-            Claim::Undecodable(reason) => {
+        let claim = store::claim(&self.pool, id, self.settings.lease).await?;
+        let (outcome, token) = match claim {
+            Claim::Mine(claimed, token) => {
+                // The lease is renewed while the send and its record are in
+                // progress, so it outlives any wait for an SMTP connection.
+                let work = async {
+                    let outcome = self.attempt_and_decide(id, &claimed).await;
+                    let recorded = self.record(id, token, &outcome).await;
+                    (outcome, recorded)
+                };
+                let (outcome, recorded) = self.holding_lease(id, token, work).await;
+                return self.after_record(outcome, recorded?);
+            }
+            Claim::Undecodable(reason, token) => {
                 tracing::error!(reason, "the stored dispatch cannot be mailed");
-                Outcome::Failed(reason)
+                (Outcome::Failed(reason), token)
             }
             Claim::Finished(status) => {
                 tracing::debug!(
@@ -49,19 +76,75 @@ impl Processor {
                 );
                 return Ok(Next::Ack);
             }
-            Claim::Expired => {
-                let status = DispatchStatus::Expired.as_str();
-                metrics::counter!(m::DISPATCHES_FINISHED, "status" => status).increment(1);
-                tracing::info!("expired before it could be sent");
-                return Ok(Next::Ack);
-            }
-            Claim::Leased(wait) => return Ok(Next::Park(wait)),
+            Claim::Expired => return Ok(ended_without_mail(DispatchStatus::Expired)),
+            Claim::Superseded => return Ok(ended_without_mail(DispatchStatus::Superseded)),
+            Claim::Leased(wait) | Claim::Held(wait) => return Ok(Next::Recheck(wait)),
             Claim::Missing => return Ok(Next::DeadLetter("no such dispatch".into())),
         };
-        let recorded = store::finish(&self.pool, id, &outcome, Holder::Claimant).await?;
+        let recorded = self.record(id, token, &outcome).await?;
+        self.after_record(outcome, recorded)
+    }
+
+    /// Runs `work` while renewing the claim's lease every third of it.
+    async fn holding_lease<T>(
+        &self,
+        id: Uuid,
+        token: ClaimToken,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let lease = self.settings.lease;
+        let renew = async {
+            let mut lost = false;
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match store::renew(&self.pool, id, token, lease).await {
+                    Ok(true) => {}
+                    Ok(false) if !lost => {
+                        lost = true;
+                        tracing::warn!("the claim was taken over while sending");
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "renewing the lease failed")
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            never = renew => never,
+        }
+    }
+
+    /// Writes the outcome, retrying while Postgres is away: an accepted mail
+    /// must not be forgotten. `Ok(false)`: the claim was taken over (or the
+    /// code used), and the write was refused.
+    async fn record(&self, id: Uuid, token: ClaimToken, outcome: &Outcome) -> anyhow::Result<bool> {
+        let started = tokio::time::Instant::now();
+        let mut tries = 0usize;
+        loop {
+            match store::finish(&self.pool, id, token, outcome).await {
+                Ok(recorded) => return Ok(recorded),
+                Err(error) if started.elapsed() < RECORD_PATIENCE => {
+                    if tries == 0 {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "recording the outcome failed; retrying"
+                        );
+                    }
+                    let pause = RECORD_BACKOFF[tries.min(RECORD_BACKOFF.len() - 1)];
+                    tries += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn after_record(&self, outcome: Outcome, recorded: bool) -> anyhow::Result<Next> {
         if !recorded {
             tracing::warn!(
-                "the dispatch changed while sending (lease ran out, or the code was already used); outcome not recorded"
+                "the dispatch changed while sending (claim taken over, or the code was already used); outcome not recorded"
             );
             return Ok(Next::Ack);
         }
@@ -139,6 +222,13 @@ impl Processor {
             .record(started.elapsed().as_secs_f64());
         sent
     }
+}
+
+/// A dispatch the claim found void (expired, or a newer code handed off).
+fn ended_without_mail(status: DispatchStatus) -> Next {
+    metrics::counter!(m::DISPATCHES_FINISHED, "status" => status.as_str()).increment(1);
+    tracing::info!(status = status.as_str(), "ended without a mail");
+    Next::Ack
 }
 
 /// What a transient failure of attempt number `attempts` leads to: another

@@ -1,6 +1,8 @@
-//! The worker's conditional state changes. Each is an `UPDATE … WHERE
-//! status = ANY(…)`, so a duplicate message or a second worker cannot move a
-//! dispatch twice. State names come from `DispatchStatus` as parameters.
+//! The worker's conditional state changes. A claim is one call of
+//! `claim_dispatch` (migrations/0004), which draws a fresh `ClaimToken`;
+//! every later write of that claim presents the token, so a duplicate
+//! message, a second worker or a worker whose lease was taken over cannot
+//! move a dispatch twice. State names come from `DispatchStatus`.
 
 use std::time::Duration;
 
@@ -61,14 +63,30 @@ impl TryFrom<ClaimedRow> for Claimed {
     }
 }
 
+/// A worker's proof of ownership: drawn fresh for every claim and required
+/// by every write the claim allows, so a worker whose lease ran out and was
+/// taken over changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken(Uuid);
+
+impl ClaimToken {
+    fn fresh() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
 #[derive(Debug)]
 pub enum Claim {
     /// This worker owns the dispatch until its lease ends.
-    Mine(Claimed),
+    Mine(Claimed, ClaimToken),
     /// This worker owns the dispatch, but its row cannot be mailed (why).
-    Undecodable(String),
+    Undecodable(String, ClaimToken),
     /// Another worker holds a live lease; look again after this long.
     Leased(Duration),
+    /// A newer code's hand-off is undecided; look again after this long.
+    Held(Duration),
+    /// A newer code was handed off; this one is now recorded as superseded.
+    Superseded,
     /// Already in a final state: nothing to do.
     Finished(DispatchStatus),
     /// It expired before it could be sent; now recorded as `expired`.
@@ -77,64 +95,110 @@ pub enum Claim {
     Missing,
 }
 
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimReply {
+    outcome: String,
+    status: Option<DispatchStatus>,
+    wait_secs: Option<f64>,
+    #[sqlx(flatten)]
+    row: ClaimedRowParts,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimedRowParts {
+    email: Option<String>,
+    lang: Option<String>,
+    ttl_minutes: Option<i32>,
+    code_sealed: Option<Vec<u8>>,
+    attempts: Option<i32>,
+    created_at: Option<OffsetDateTime>,
+    expires_at: Option<OffsetDateTime>,
+}
+
+impl ClaimedRowParts {
+    fn into_row(self) -> Option<ClaimedRow> {
+        Some(ClaimedRow {
+            email: self.email?,
+            lang: self.lang?,
+            ttl_minutes: self.ttl_minutes?,
+            code_sealed: self.code_sealed,
+            attempts: self.attempts?,
+            created_at: self.created_at?,
+            expires_at: self.expires_at?,
+        })
+    }
+}
+
+/// How long an expired lease is left to its holder before another worker
+/// takes the dispatch over: time for a holder that lost Postgres for a
+/// moment to renew, or to record the mail it already sent.
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(3);
+
+/// Claims the dispatch (see `claim_dispatch` in the migrations): one round
+/// trip that also voids this recipient's older waiting codes, or says why not.
 pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> anyhow::Result<Claim> {
-    let claimed: Option<ClaimedRow> = sqlx::query_as(
+    let token = ClaimToken::fresh();
+    let reply: ClaimReply = sqlx::query_as("SELECT * FROM claim_dispatch($1, $2, $3, $4)")
+        .bind(id)
+        .bind(lease.as_secs_f64())
+        .bind(token.0)
+        .bind(TAKEOVER_GRACE.as_secs_f64())
+        .fetch_one(pool)
+        .await
+        .context("claiming the dispatch")?;
+    let wait = || {
+        reply
+            .wait_secs
+            .filter(|s| *s > 0.0)
+            .map_or(Duration::from_millis(100), Duration::from_secs_f64)
+    };
+    Ok(match reply.outcome.as_str() {
+        "claimed" => {
+            let row = reply
+                .row
+                .into_row()
+                .context("claim_dispatch answered a claim without the row")?;
+            match Claimed::try_from(row) {
+                Ok(claimed) => Claim::Mine(claimed, token),
+                Err(reason) => Claim::Undecodable(reason, token),
+            }
+        }
+        "leased" => Claim::Leased(wait()),
+        "held" => Claim::Held(wait()),
+        "superseded" => Claim::Superseded,
+        "expired" => Claim::Expired,
+        "missing" => Claim::Missing,
+        "finished" => Claim::Finished(
+            reply
+                .status
+                .context("claim_dispatch answered finished without a status")?,
+        ),
+        other => anyhow::bail!("claim_dispatch answered {other:?}"),
+    })
+}
+
+/// Extends the lease of a claim this worker still holds; `false` once the
+/// dispatch is no longer this claim's (taken over, or already final).
+pub async fn renew(
+    pool: &PgPool,
+    id: Uuid,
+    token: ClaimToken,
+    lease: Duration,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
         "UPDATE dispatches
-            SET status = $3, attempts = attempts + 1,
-                lease_until = now() + make_interval(secs => $2::float8),
-                next_attempt_at = now() + make_interval(secs => $2::float8),
-                updated_at = now()
-          WHERE id = $1 AND expires_at > now()
-            AND (status = ANY($4) OR (status = $3 AND lease_until < now()))
-      RETURNING email, lang, ttl_minutes, code_sealed, attempts, created_at, expires_at",
+            SET lease_until = now() + make_interval(secs => $3::float8),
+                next_attempt_at = now() + make_interval(secs => $3::float8)
+          WHERE id = $1 AND claim_token = $2 AND status = $4",
     )
     .bind(id)
+    .bind(token.0)
     .bind(lease.as_secs_f64())
     .bind(DispatchStatus::Sending)
-    .bind(&DispatchStatus::WAITING[..])
-    .fetch_optional(pool)
+    .execute(pool)
     .await
-    .context("claiming the dispatch")?;
-    if let Some(row) = claimed {
-        return Ok(match Claimed::try_from(row) {
-            Ok(claimed) => Claim::Mine(claimed),
-            Err(reason) => Claim::Undecodable(reason),
-        });
-    }
-
-    let row: Option<(DispatchStatus, Option<f64>, bool)> = sqlx::query_as(
-        "SELECT status, extract(epoch FROM lease_until - now())::float8, expires_at <= now()
-           FROM dispatches WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .context("reading the dispatch")?;
-    let Some((status, lease_left, expired)) = row else {
-        return Ok(Claim::Missing);
-    };
-    if status.is_terminal() {
-        return Ok(Claim::Finished(status));
-    }
-    if expired {
-        let done = finish(
-            pool,
-            id,
-            &Outcome::Expired("the code expired before it could be sent".into()),
-            Holder::Nobody,
-        )
-        .await?;
-        return Ok(if done {
-            Claim::Expired
-        } else {
-            Claim::Leased(Duration::from_secs(1))
-        });
-    }
-    let wait = lease_left
-        .filter(|s| *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_millis(100));
-    Ok(Claim::Leased(wait))
+    .context("renewing the lease")?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// How an attempt ended.
@@ -172,22 +236,13 @@ impl Outcome {
     }
 }
 
-/// Who may record an outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holder {
-    /// The worker holding the `sending` claim.
-    Claimant,
-    /// Nobody holds it (expiry found at claim time): a waiting dispatch, or
-    /// one whose lease ran out.
-    Nobody,
-}
-
-/// Records an outcome; returns whether the row changed.
+/// Records an outcome of the claim `token`; returns whether the row changed
+/// (`false`: the claim was taken over, or the code was used meanwhile).
 pub async fn finish(
     pool: &PgPool,
     id: Uuid,
+    token: ClaimToken,
     outcome: &Outcome,
-    holder: Holder,
 ) -> anyhow::Result<bool> {
     let retry_after = match outcome {
         Outcome::Retry { after, .. } => Some(after.as_secs_f64()),
@@ -200,14 +255,13 @@ pub async fn finish(
             SET status = $2,
                 last_error = $3,
                 lease_until = NULL,
+                claim_token = NULL,
                 sent_at = CASE WHEN $5 THEN now() ELSE sent_at END,
                 code_sealed = CASE WHEN $6 THEN NULL ELSE code_sealed END,
                 next_attempt_at = COALESCE(now() + make_interval(secs => $4::float8),
                                            next_attempt_at),
                 updated_at = now()
-          WHERE id = $1
-            AND ((status = $7 AND (NOT $8 OR lease_until < now()))
-                 OR ($8 AND status = ANY($9)))",
+          WHERE id = $1 AND claim_token = $7 AND status = $8",
     )
     .bind(id)
     .bind(status)
@@ -215,9 +269,8 @@ pub async fn finish(
     .bind(retry_after)
     .bind(status == DispatchStatus::Sent)
     .bind(status.is_terminal())
+    .bind(token.0)
     .bind(DispatchStatus::Sending)
-    .bind(holder == Holder::Nobody)
-    .bind(&DispatchStatus::WAITING[..])
     .execute(pool)
     .await
     .context("recording the outcome")?;
@@ -225,8 +278,11 @@ pub async fn finish(
 }
 
 /// Open dispatches whose message should have arrived long ago (lost before
-/// publishing, or a lease that ran out). Marks them so concurrent sweepers
-/// do not both pick them.
+/// publishing, or a lease that ran out). Each pick pushes the dispatch's next
+/// look `grace × 2^sweeps` ahead (capped at an hour, past any code's life),
+/// so a backlog that is merely slow is not re-published every sweep. Rows
+/// still in the intake's hands (`handoff_by` ahead) are left alone. `FOR
+/// UPDATE SKIP LOCKED` keeps concurrent sweepers from picking one row twice.
 pub async fn overdue(pool: &PgPool, grace: Duration, limit: i64) -> anyhow::Result<Vec<Uuid>> {
     // The state list is spelled out (not bound) so the planner can use the
     // partial index `dispatches_open`, whose predicate is the same set
@@ -236,10 +292,15 @@ pub async fn overdue(pool: &PgPool, grace: Duration, limit: i64) -> anyhow::Resu
             SELECT id FROM dispatches
              WHERE status IN ('queued', 'sending', 'retrying')
                AND next_attempt_at < now() - make_interval(secs => $1::float8)
+               AND (handoff_by IS NULL OR handoff_by < now())
              ORDER BY next_attempt_at
              LIMIT $2
              FOR UPDATE SKIP LOCKED)
-         UPDATE dispatches d SET next_attempt_at = now()
+         UPDATE dispatches d
+            SET next_attempt_at = now()
+                    + make_interval(secs => least($1::float8 * (2 ^ least(d.sweeps, 12)), 3600))
+                    - make_interval(secs => $1::float8),
+                sweeps = d.sweeps + 1
            FROM stuck WHERE d.id = stuck.id
          RETURNING d.id",
     )

@@ -5,6 +5,8 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+use uuid::Uuid;
 use verimail_core::code::Code;
 use verimail_core::publisher::Route;
 use verimail_core::{ErrorCode, SendRequest};
@@ -22,13 +24,30 @@ pub async fn send(
 ) -> Result<Response> {
     let request = SendRequest::parse(&body)?;
     tracing::debug!(partner_id = %caller.partner_id, email = request.email.redacted(), "send accepted for checks");
+    // Recording and hand-off run in a task of their own: a client that hangs
+    // up drops this handler, but must not strand a dispatch that was already
+    // committed (it is still published, or marked failed, at once).
+    let task = tokio::spawn(
+        async move { record_and_hand_off(&state, id, caller.partner_id, &request).await }
+            .instrument(tracing::Span::current()),
+    );
+    task.await
+        .map_err(|e| anyhow::anyhow!("the send task failed: {e}"))??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
 
+async fn record_and_hand_off(
+    state: &AppState,
+    id: Uuid,
+    partner_id: Uuid,
+    request: &SendRequest,
+) -> Result<()> {
     // The request id doubles as the dispatch id, so X-Request-Id of a 204
     // names the dispatch and every log line of the request carries it.
     let code = Code::generate(state.settings.code_length);
     let new = NewDispatch {
         id,
-        partner_id: caller.partner_id,
+        partner_id,
         email: &request.email,
         lang: request.lang,
         ttl: request.ttl,
@@ -36,27 +55,57 @@ pub async fn send(
         code_sealed: state.keys.seal_code(id, code.expose()),
     };
     drop(code);
-    match store::accept(&state.pool, new, state.settings.rate_limit).await {
-        Ok(Admission::Accepted) => {}
+    let settings = &state.settings;
+    let older_waiting = match store::accept(
+        &state.pool,
+        new,
+        settings.rate_limit,
+        settings.handoff_window,
+    )
+    .await
+    {
+        Ok(Admission::Accepted { older_waiting }) => older_waiting,
         Ok(Admission::RateLimited) => return Err(ApiError::new(ErrorCode::RateLimited)),
         Err(error) => return Err(ApiError::infra(ErrorCode::CodeNotRecorded, error)),
-    }
+    };
 
-    if let Err(error) = state.publisher.publish(id, Route::Dispatch).await {
-        tracing::error!(
-            error = format!("{error:#}"),
-            "handing the dispatch to RabbitMQ failed"
+    let Err(error) = state.publisher.publish(id, Route::Dispatch).await else {
+        if older_waiting {
+            // Best effort: a worker claiming either code settles it too.
+            if let Err(error) = store::supersede_older(&state.pool, id).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "superseding older codes failed"
+                );
+            }
+        }
+        tracing::debug!(
+            ttl_minutes = request.ttl.minutes(),
+            lang = request.lang.as_str(),
+            "dispatch queued"
         );
-        if let Err(db_error) = store::mark_handoff_failed(&state.pool, id, &error.to_string()).await
-        {
-            // The row stays queued: the worker's sweeper will still deliver it.
+        return Ok(());
+    };
+    tracing::error!(
+        error = format!("{error:#}"),
+        "handing the dispatch to RabbitMQ failed"
+    );
+    // CBC.99004003 promises the code will never arrive, so it is answered
+    // only once the dispatch is recorded as failed. Otherwise it is already
+    // on its way (the confirm was lost, not the message) or will be (the
+    // sweeper publishes it), and the truthful answer is 204.
+    match store::mark_handoff_failed(&state.pool, id, &error.to_string()).await {
+        Ok(true) => Err(ApiError::new(ErrorCode::HandOffFailed)),
+        Ok(false) => {
+            tracing::warn!("the dispatch is already on its way despite the failed confirm");
+            Ok(())
+        }
+        Err(db_error) => {
             tracing::error!(
                 error = format!("{db_error:#}"),
-                "recording the failed hand-off failed"
+                "recording the failed hand-off failed; the sweeper will deliver the dispatch"
             );
+            Ok(())
         }
-        return Err(ApiError::new(ErrorCode::HandOffFailed));
     }
-    tracing::debug!(dispatch_id = %id, ttl_minutes = request.ttl.minutes(), lang = request.lang.as_str(), "dispatch queued");
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
