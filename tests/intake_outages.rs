@@ -5,36 +5,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::proxy::Proxy;
 use support::*;
 use verimail_intake::accounts::AccountKind;
-
-fn amqp_via(addr: SocketAddr) -> String {
-    let mut url = url::Url::parse(&amqp_url()).unwrap();
-    url.set_host(Some(&addr.ip().to_string())).unwrap();
-    url.set_port(Some(addr.port())).unwrap();
-    url.to_string()
-}
-
-fn target(url: &str) -> SocketAddr {
-    let url = url::Url::parse(url).unwrap();
-    let host = url.host_str().unwrap();
-    let port = url.port_or_known_default().unwrap_or(5672);
-    format!(
-        "{}:{}",
-        if host == "localhost" {
-            "127.0.0.1"
-        } else {
-            host
-        },
-        port
-    )
-    .parse()
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_answers_handoff_failed_quickly_then_recovers() {

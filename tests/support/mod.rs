@@ -70,10 +70,7 @@ impl TestDb {
 
     /// The same database reached through another address (a proxy).
     pub fn url_via(&self, addr: SocketAddr) -> String {
-        let mut url = url::Url::parse(&self.url).unwrap();
-        url.set_host(Some(&addr.ip().to_string())).unwrap();
-        url.set_port(Some(addr.port())).unwrap();
-        url.to_string()
+        url_via(&self.url, addr)
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
@@ -490,4 +487,30 @@ pub async fn record_dispatch(pool: &PgPool, partner_id: Uuid, email: &str) -> (U
         verimail_intake::store::Admission::Accepted { .. }
     ));
     (id, code.expose().to_owned())
+}
+
+/// A URL like `url` that reaches its server through `addr` (a proxy).
+pub fn url_via(url: &str, addr: SocketAddr) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_host(Some(&addr.ip().to_string())).unwrap();
+    url.set_port(Some(addr.port())).unwrap();
+    url.to_string()
+}
+
+/// The broker URL through `addr`.
+pub fn amqp_via(addr: SocketAddr) -> String {
+    url_via(&amqp_url(), addr)
+}
+
+/// Where `url`'s server listens, for a proxy to forward to.
+pub fn target(url: &str) -> SocketAddr {
+    let url = url::Url::parse(url).unwrap();
+    let host = url.host_str().unwrap();
+    let port = url.port_or_known_default().unwrap_or(5672);
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{port}").parse().unwrap()
 }
