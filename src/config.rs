@@ -121,6 +121,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "10s",
         "how long in-flight sends may finish on SIGTERM",
     ),
+    (
+        "VERIMAIL_SWEEP_INTERVAL",
+        "15s",
+        "how often a worker looks for open dispatches whose message is overdue",
+    ),
+    (
+        "VERIMAIL_SWEEP_GRACE",
+        "60s",
+        "how overdue an open dispatch must be before it is re-published (doubling per re-publish)",
+    ),
     ("RUST_LOG", "info", "log filter"),
     ("VERIMAIL_LOG_FORMAT", "text", "text or json"),
 ];
@@ -337,6 +347,8 @@ pub struct Worker {
     pub smtp_timeout: Duration,
     pub shutdown_grace: Duration,
     pub metrics_listen: SocketAddr,
+    pub sweep_interval: Duration,
+    pub sweep_grace: Duration,
 }
 
 impl Worker {
@@ -359,6 +371,8 @@ impl Worker {
                 s.parse()
                     .map_err(|_| "expected HOST:PORT, like 127.0.0.1:9091".into())
             })?,
+            sweep_interval: read(src, "VERIMAIL_SWEEP_INTERVAL", duration)?,
+            sweep_grace: read(src, "VERIMAIL_SWEEP_GRACE", duration)?,
         })
         .and_then(Self::checked)
     }
@@ -401,8 +415,8 @@ impl Worker {
             smtp_connections: self.smtp_connections,
             smtp_timeout: self.smtp_timeout,
             shutdown_grace: self.shutdown_grace,
-            sweep_interval: Duration::from_secs(15),
-            sweep_grace: Duration::from_secs(60),
+            sweep_interval: self.sweep_interval,
+            sweep_grace: self.sweep_grace,
         }
     }
 }

@@ -33,6 +33,16 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
             .map(|(_, v)| v.clone())
     }
 
+    /// An entry past its TTL but at most `max_age` old: what a lookup that
+    /// failed on infrastructure falls back to.
+    pub fn get_stale(&self, key: &K, max_age: Duration) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn put(&self, key: K, value: V) {
         if self.ttl.is_zero() {
             return;
@@ -56,6 +66,16 @@ mod tests {
         assert_eq!(cache.get(&"k"), Some(1));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.get(&"k"), None);
+    }
+
+    #[test]
+    fn stale_entries_are_kept_for_a_while_as_a_fallback() {
+        let cache = Cache::new(Duration::from_millis(10));
+        cache.put("k", 1);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(cache.get(&"k"), None);
+        assert_eq!(cache.get_stale(&"k", Duration::from_secs(60)), Some(1));
+        assert_eq!(cache.get_stale(&"k", Duration::from_millis(5)), None);
     }
 
     #[test]

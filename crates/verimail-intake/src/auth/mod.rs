@@ -25,6 +25,11 @@ use crate::error::ApiError;
 
 pub const TOKEN_HEADER: &str = "x-auth-token";
 
+/// While Postgres cannot be asked, a credential verified this recently is
+/// still honoured (a revocation made meanwhile cannot be read either), so a
+/// database blip answers what the request itself meets, not a 500 at the door.
+const STALE_IF_ERROR: Duration = Duration::from_secs(60);
+
 /// An authenticated partner allowed to call the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -99,13 +104,18 @@ impl Authenticator {
         let digest = secrets::token_digest(token);
         let account = match self.tokens.get(&digest) {
             Some(account) => account,
-            None => {
-                let account = lookup_token(&self.pool, &digest).await?;
-                if let Some(account) = &account {
-                    self.tokens.put(digest, account.clone());
+            None => match lookup_token(&self.pool, &digest).await {
+                Ok(account) => {
+                    if let Some(account) = &account {
+                        self.tokens.put(digest, account.clone());
+                    }
+                    account.ok_or_else(|| unauthenticated("the token is not valid"))?
                 }
-                account.ok_or_else(|| unauthenticated("the token is not valid"))?
-            }
+                Err(error) => self
+                    .tokens
+                    .get_stale(&digest, STALE_IF_ERROR)
+                    .ok_or(error)?,
+            },
         };
         if account.revoked {
             return Err(unauthenticated("the token has been revoked"));
@@ -128,15 +138,19 @@ impl Authenticator {
             .map_err(|e| unauthenticated(&e.to_string()))?;
         let (account, secret) = match self.access_keys.get(&parsed.access_key) {
             Some(found) => found,
-            None => {
-                let found =
-                    signature::lookup_key(&self.pool, &self.keys, &parsed.access_key).await?;
-                if let Some(found) = &found {
-                    self.access_keys
-                        .put(parsed.access_key.clone(), found.clone());
+            None => match signature::lookup_key(&self.pool, &self.keys, &parsed.access_key).await {
+                Ok(found) => {
+                    if let Some(found) = &found {
+                        self.access_keys
+                            .put(parsed.access_key.clone(), found.clone());
+                    }
+                    found.ok_or_else(|| unauthenticated("the access key is not valid"))?
                 }
-                found.ok_or_else(|| unauthenticated("the access key is not valid"))?
-            }
+                Err(error) => self
+                    .access_keys
+                    .get_stale(&parsed.access_key, STALE_IF_ERROR)
+                    .ok_or(error)?,
+            },
         };
         if account.revoked {
             return Err(unauthenticated("the access key has been revoked"));
