@@ -64,6 +64,26 @@ pub async fn accept(
     }
 }
 
+/// The record of `id` failed with an error, so the client is told
+/// CBC.99004002 — but the insert may have committed all the same (the answer
+/// was lost with the connection). Voids such a row, if there is one, so the
+/// sweeper never mails a code whose request was answered with an error.
+pub async fn void_unconfirmed(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE dispatches
+            SET status = $2, counts_toward_limit = false, code_sealed = NULL,
+                last_error = 'the intake could not confirm the record', updated_at = now()
+          WHERE id = $1 AND status = $3",
+    )
+    .bind(id)
+    .bind(DispatchStatus::Failed)
+    .bind(DispatchStatus::Queued)
+    .execute(pool)
+    .await
+    .context("voiding an unconfirmed record")?;
+    Ok(())
+}
+
 /// The hand-off of `id` is confirmed: older codes of the same recipient and
 /// partner that wait for a worker are void now.
 pub async fn supersede_older(pool: &PgPool, id: Uuid) -> anyhow::Result<i32> {

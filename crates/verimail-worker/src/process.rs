@@ -37,11 +37,10 @@ pub struct Processor {
 }
 
 /// Backoff between tries of an outcome write that failed (Postgres away).
-const RECORD_BACKOFF: [Duration; 4] = [
+const RECORD_BACKOFF: [Duration; 3] = [
     Duration::from_millis(100),
     Duration::from_millis(250),
     Duration::from_millis(500),
-    Duration::from_secs(1),
 ];
 
 /// How long an outcome write is retried before the worker gives up and lets

@@ -132,7 +132,7 @@ impl ClaimedRowParts {
 /// How long an expired lease is left to its holder before another worker
 /// takes the dispatch over: time for a holder that lost Postgres for a
 /// moment to renew, or to record the mail it already sent.
-pub const TAKEOVER_GRACE: Duration = Duration::from_secs(3);
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(1);
 
 /// Claims the dispatch (see `claim_dispatch` in the migrations): one round
 /// trip that also voids this recipient's older waiting codes, or says why not.

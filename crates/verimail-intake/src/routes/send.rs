@@ -36,6 +36,25 @@ pub async fn send(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// How long a possibly committed record is tried to be voided. The sweeper
+/// leaves a dispatch alone for its hand-off window plus its grace (a minute
+/// by default), so a Postgres outage shorter than that cannot mail it first.
+const VOID_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn void_unconfirmed(pool: sqlx::PgPool, id: Uuid) {
+    let started = std::time::Instant::now();
+    while let Err(error) = store::void_unconfirmed(&pool, id).await {
+        if started.elapsed() > VOID_PATIENCE {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "could not void a record whose request was answered with an error"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 async fn record_and_hand_off(
     state: &AppState,
     id: Uuid,
@@ -66,7 +85,10 @@ async fn record_and_hand_off(
     {
         Ok(Admission::Accepted { older_waiting }) => older_waiting,
         Ok(Admission::RateLimited) => return Err(ApiError::new(ErrorCode::RateLimited)),
-        Err(error) => return Err(ApiError::infra(ErrorCode::CodeNotRecorded, error)),
+        Err(error) => {
+            tokio::spawn(void_unconfirmed(state.pool.clone(), id).in_current_span());
+            return Err(ApiError::infra(ErrorCode::CodeNotRecorded, error));
+        }
     };
 
     let Err(error) = state.publisher.publish(id, Route::Dispatch).await else {
