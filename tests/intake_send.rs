@@ -223,7 +223,7 @@ async fn a_204_leaves_one_row_with_its_expiry_and_one_message_without_the_code()
         (
             "queued".into(),
             "someone@example.com".into(),
-            "Someone@Example.com".into(),
+            "Someone@example.com".into(), // canonical: the domain lower-cased
             true,
             true
         )

@@ -83,11 +83,13 @@ async fn a_lease_that_just_ran_out_is_left_to_its_holder_for_the_grace() {
     else {
         panic!("first claim");
     };
-    sqlx::query("UPDATE dispatches SET lease_until = now() - interval '200 milliseconds' WHERE id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE dispatches SET lease_until = now() - interval '200 milliseconds' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let claim = store::claim(&db.pool, id, Duration::from_secs(30))
         .await
         .unwrap();

@@ -30,8 +30,21 @@ impl Rejection {
     }
 }
 
-/// A recipient mailbox, trimmed, at most 64 characters, RFC 5322 addr-spec
-/// with a dotted domain.
+/// A recipient mailbox in its one canonical spelling: the address the mail
+/// is sent to, and (lower-cased) the key of the rate limit, supersession and
+/// `/check`. Every spelling that reaches one mailbox must be one recipient,
+/// or an attacker multiplies the rate limit by re-spelling the victim's
+/// address, so the parser accepts only what has a single spelling:
+///
+/// - the local part is an RFC 5321 dot-atom of ASCII characters (no quoted
+///   strings, no escapes: `"victim"@x` and `v\ictim@x` reach `victim@x`);
+/// - the domain is a DNS host name with at least one dot, stored as its
+///   lower-case A-label (`bücher.example` is `xn--bcher-kva.example`);
+/// - no whitespace, control or format characters anywhere (U+200B, U+202E,
+///   U+00AD, U+FEFF… would otherwise be invisible twins of a real address).
+///
+/// Provider-specific aliases (`+tags`, Gmail's dots) stay distinct: they are
+/// separate mailboxes as far as SMTP knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -55,26 +68,78 @@ impl Email {
         if raw.chars().count() > Self::MAX_CHARS {
             return Err(Rejection::param("email must be at most 64 characters"));
         }
-        if !is_valid_mailbox(trimmed) {
-            return Err(Rejection::email("email is not a valid address"));
-        }
-        Ok(Self(trimmed.to_owned()))
+        canonical_mailbox(trimmed)
+            .map(Self)
+            .ok_or_else(|| Rejection::email("email is not a valid address"))
     }
 
-    /// The address to deliver to, as the client wrote it (trimmed).
+    /// The canonical address: what the mail is sent to.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The key the rate limit and supersession are counted by.
+    /// The key the rate limit, supersession and `/check` go by.
     pub fn normalised(&self) -> String {
-        self.0.to_lowercase()
+        self.0.to_ascii_lowercase()
     }
 
     /// For logs: keeps the domain, hides the mailbox.
     pub fn redacted(&self) -> String {
         redact(&self.0)
     }
+}
+
+/// `local@domain` in its one spelling, or `None` when the address has
+/// another spelling, hides characters, or cannot be delivered over SMTP.
+fn canonical_mailbox(s: &str) -> Option<String> {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || is_format_char(c))
+    {
+        return None;
+    }
+    let (local, domain) = s.rsplit_once('@')?;
+    if !is_dot_atom(local) || local.len() > 64 {
+        return None;
+    }
+    if domain.starts_with('[') || domain.ends_with('.') {
+        return None;
+    }
+    let domain = idna::domain_to_ascii_strict(domain).ok()?;
+    let labels: Vec<&str> = domain.split('.').collect();
+    let host_name = labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        // A top-level label of digits only is an IP address, not a host.
+        && !labels.last()?.bytes().all(|b| b.is_ascii_digit());
+    let address = format!("{local}@{domain}");
+    (host_name && address.len() <= 254).then_some(address)
+}
+
+/// RFC 5321 `Dot-string`: atoms of `atext` joined by single dots.
+fn is_dot_atom(local: &str) -> bool {
+    const SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~";
+    !local.is_empty()
+        && local.split('.').all(|atom| {
+            !atom.is_empty()
+                && atom
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || SPECIALS.contains(&b))
+        })
+}
+
+/// Unicode's format characters (category Cf): invisible, so an address with
+/// one looks exactly like the address without it.
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 /// Hides the local part of an address for logs (`a***@example.com`).
@@ -86,24 +151,6 @@ pub fn redact(address: &str) -> String {
         }
         None => "***".to_owned(),
     }
-}
-
-fn is_valid_mailbox(s: &str) -> bool {
-    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return false;
-    }
-    // RFC 5322 addr-spec syntax (quoted local parts, no display names).
-    let Ok(parsed) = s.parse::<email_address::EmailAddress>() else {
-        return false;
-    };
-    if parsed.as_str() != s {
-        return false;
-    }
-    let domain = parsed.domain();
-    // A deliverable registration address: a dotted host name, not a literal.
-    domain.contains('.')
-        && !domain.starts_with('[')
-        && domain.split('.').all(|label| !label.is_empty())
 }
 
 /// The language of the mail.
@@ -417,9 +464,67 @@ mod tests {
     #[test]
     fn emails_are_trimmed_normalised_and_redacted() {
         let email = Email::parse("  User@Example.COM ").expect("valid");
-        assert_eq!(email.as_str(), "User@Example.COM");
+        assert_eq!(email.as_str(), "User@example.com");
         assert_eq!(email.normalised(), "user@example.com");
-        assert_eq!(email.redacted(), "U***@Example.COM");
+        assert_eq!(email.redacted(), "U***@example.com");
+    }
+
+    #[test]
+    fn every_spelling_of_one_mailbox_is_one_recipient_or_refused() {
+        let key = "victim@evil.example";
+        for same in [
+            "victim@evil.example",
+            "VICTIM@Evil.Example",
+            "Victim@EVIL.EXAMPLE",
+        ] {
+            assert_eq!(Email::parse(same).expect(same).normalised(), key, "{same}");
+        }
+        let idn = Email::parse("user@bücher.example").expect("an IDN domain");
+        assert_eq!(idn.as_str(), "user@xn--bcher-kva.example");
+        assert_eq!(
+            Email::parse("user@XN--BCHER-KVA.example")
+                .expect("A-label")
+                .normalised(),
+            idn.normalised()
+        );
+        for other in [
+            "\"victim\"@evil.example",
+            "\"v\\ictim\"@evil.example",
+            "\"\\v\\i\\c\\t\\i\\m\"@evil.example",
+            "v\\ictim@evil.example",
+            "victim@evil.example.",
+            "victim.@evil.example",
+            ".victim@evil.example",
+            "vic..tim@evil.example",
+            "victim@[127.0.0.1]",
+            "victim@127.0.0.1",
+            "victim@-evil.example",
+            "victim@evil_example.com",
+            "vïctim@evil.example",
+        ] {
+            assert!(Email::parse(other).is_err(), "{other} must be refused");
+        }
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused_anywhere() {
+        for c in [
+            '\u{202E}', '\u{200B}', '\u{00AD}', '\u{FEFF}', '\u{2060}', '\0', '\r', '\n', '\t',
+        ] {
+            for address in [
+                format!("vic{c}tim@evil.example"),
+                format!("victim@ev{c}il.example"),
+                format!("victim@evil.exam{c}ple"),
+            ] {
+                let rejected = Email::parse(&address).map_err(|r| r.code);
+                assert_eq!(
+                    rejected,
+                    Err(ErrorCode::InvalidEmail),
+                    "U+{:04X} in {address:?}",
+                    c as u32
+                );
+            }
+        }
     }
 
     #[test]
