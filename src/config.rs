@@ -52,7 +52,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "VERIMAIL_AUTH_CACHE_TTL",
         "5s",
-        "how long a verified token or access key is trusted without asking Postgres (bounds how late a revocation takes effect; 0s disables)",
+        "how long a verified token or access key is trusted without asking Postgres (0s disables); revocations reach every intake at once through Postgres NOTIFY",
     ),
     (
         "VERIMAIL_DB_POOL_SIZE",

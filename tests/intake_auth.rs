@@ -108,3 +108,63 @@ async fn tokens_are_stored_only_as_digests() {
             .any(|w| p.token.as_bytes().windows(8).any(|t| t == w))
     );
 }
+
+/// Sends until the answer is `want` or a second has passed; returns how long
+/// it took. A cached credential would keep working for the whole minute.
+async fn refused_within(intake: &TestIntake, token: &str, want: &str) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = intake.send(token, &valid_body("revoked@example.com")).await;
+        if reply.error_code().as_deref() == Some(want) {
+            return started.elapsed();
+        }
+        assert_eq!(reply.status, 204, "{reply:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "still accepted after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_intake_at_once_despite_the_cache() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let mut settings = intake_settings(amqp_url(), &prefix);
+    settings.auth_cache_ttl = Duration::from_secs(60);
+    settings.rate_limit = verimail_intake::RateLimit {
+        per_hour: 1000,
+        per_day: 1000,
+    };
+    let a = TestIntake::spawn(settings.clone(), &db.url).await;
+    let b = TestIntake::spawn(settings, &db.url).await;
+    let token_holder = partner(&db.pool, AccountKind::Partner, false).await;
+    let suspended = partner(&db.pool, AccountKind::Partner, false).await;
+    // Let both listeners start, then put both credentials in both caches.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for intake in [&a, &b] {
+        for p in [&token_holder, &suspended] {
+            let reply = intake
+                .send(&p.token, &valid_body("cached@example.com"))
+                .await;
+            assert_eq!(reply.status, 204);
+        }
+    }
+
+    assert!(
+        accounts::revoke_token(&db.pool, &token_holder.token)
+            .await
+            .unwrap()
+    );
+    let took = refused_within(&b, &token_holder.token, "CBC.0154").await;
+    println!("a revoked token was refused by another intake after {took:?}");
+
+    accounts::set_status(&db.pool, suspended.id, AccountStatus::Suspended)
+        .await
+        .unwrap();
+    refused_within(&b, &suspended.token, "CBC.0151").await;
+    refused_within(&a, &suspended.token, "CBC.0151").await;
+    broker.cleanup().await;
+}

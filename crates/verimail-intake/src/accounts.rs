@@ -8,6 +8,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use verimail_core::secrets::Keys;
 
+use crate::auth::revocation::{self, Revoked};
+
 pub const TOKEN_PREFIX: &str = "vmt_";
 
 /// Only partners may call the API; a customer account authenticates and is
@@ -87,13 +89,18 @@ pub async fn set_status(
     partner_id: Uuid,
     status: AccountStatus,
 ) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE partners SET status = $2 WHERE id = $1")
-        .bind(partner_id)
-        .bind(status.as_str())
-        .execute(pool)
-        .await
-        .context("updating the partner")?;
-    Ok(done.rows_affected() == 1)
+    let changed: i64 = sqlx::query_scalar(
+        "WITH changed AS (UPDATE partners SET status = $2 WHERE id = $1 RETURNING id)
+         SELECT count(pg_notify($3, $4)) FROM changed",
+    )
+    .bind(partner_id)
+    .bind(status.as_str())
+    .bind(revocation::CHANNEL)
+    .bind(Revoked::payload_of_partner(partner_id))
+    .fetch_one(pool)
+    .await
+    .context("updating the partner")?;
+    Ok(changed == 1)
 }
 
 pub struct IssuedToken {
@@ -139,16 +146,23 @@ pub async fn issue_token(
     Ok(IssuedToken { token, expires_at })
 }
 
-/// Returns whether a live token was revoked.
+/// Returns whether a live token was revoked. Every intake hears of it in the
+/// same commit (see `auth::revocation`).
 pub async fn revoke_token(pool: &PgPool, token: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE tokens SET revoked_at = now() WHERE digest = $1 AND revoked_at IS NULL",
+    let digest = verimail_core::secrets::token_digest(token.trim());
+    let revoked: i64 = sqlx::query_scalar(
+        "WITH revoked AS (
+            UPDATE tokens SET revoked_at = now() WHERE digest = $1 AND revoked_at IS NULL
+            RETURNING 1)
+         SELECT count(pg_notify($2, $3)) FROM revoked",
     )
-    .bind(verimail_core::secrets::token_digest(token.trim()))
-    .execute(pool)
+    .bind(&digest)
+    .bind(revocation::CHANNEL)
+    .bind(Revoked::payload_of_token(&digest))
+    .fetch_one(pool)
     .await
     .context("revoking the token")?;
-    Ok(done.rows_affected() == 1)
+    Ok(revoked == 1)
 }
 
 pub struct AccessKey {
@@ -197,12 +211,19 @@ pub async fn create_access_key(
 
 /// Returns whether a live key was revoked.
 pub async fn revoke_access_key(pool: &PgPool, access_key: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE access_keys SET revoked_at = now() WHERE access_key = $1 AND revoked_at IS NULL",
+    let access_key = access_key.trim();
+    let revoked: i64 = sqlx::query_scalar(
+        "WITH revoked AS (
+            UPDATE access_keys SET revoked_at = now()
+             WHERE access_key = $1 AND revoked_at IS NULL
+            RETURNING 1)
+         SELECT count(pg_notify($2, $3)) FROM revoked",
     )
-    .bind(access_key.trim())
-    .execute(pool)
+    .bind(access_key)
+    .bind(revocation::CHANNEL)
+    .bind(Revoked::payload_of_access_key(access_key))
+    .fetch_one(pool)
     .await
     .context("revoking the access key")?;
-    Ok(done.rows_affected() == 1)
+    Ok(revoked == 1)
 }

@@ -69,6 +69,9 @@ impl Application {
             keys.clone(),
             settings.auth_cache_ttl,
         ));
+        if !settings.auth_cache_ttl.is_zero() {
+            crate::auth::revocation::spawn_listener(auth.clone(), pool.clone());
+        }
         let state = AppState {
             pool,
             keys,

@@ -43,6 +43,20 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
             .map(|(_, v)| v.clone())
     }
 
+    pub fn remove(&self, key: &K) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     pub fn put(&self, key: K, value: V) {
         if self.ttl.is_zero() {
             return;

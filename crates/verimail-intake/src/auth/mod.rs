@@ -7,6 +7,7 @@
 //! expiry takes effect within that bound.
 
 mod cache;
+pub mod revocation;
 mod signature;
 
 use std::time::Duration;
@@ -71,6 +72,20 @@ impl Authenticator {
             access_keys: Cache::new(cache_ttl),
             max_skew: verimail_core::sdk_signature::DEFAULT_MAX_SKEW,
         }
+    }
+
+    /// Drops a revoked credential from the cache.
+    fn forget(&self, revoked: &revocation::Revoked) {
+        match revoked {
+            revocation::Revoked::Token(digest) => self.tokens.remove(digest),
+            revocation::Revoked::AccessKey(key) => self.access_keys.remove(key),
+            revocation::Revoked::Partner => self.forget_all(),
+        }
+    }
+
+    fn forget_all(&self) {
+        self.tokens.clear();
+        self.access_keys.clear();
     }
 
     pub async fn authenticate(&self, request: &Presented<'_>) -> Result<Caller, ApiError> {

@@ -1,0 +1,108 @@
+//! Revocations reach every intake at once: the CLI's revoke and suspend
+//! commands `NOTIFY` a channel in the same statement as their update, and
+//! each intake `LISTEN`s and drops the named credential from its cache. The
+//! cache keeps verified credentials for speed; this keeps it from outliving
+//! a revocation. A lost listener connection clears the caches, since
+//! notifications sent meanwhile are gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+
+use super::Authenticator;
+
+/// The channel revocations are announced on.
+pub const CHANNEL: &str = "verimail_revocations";
+
+/// What a notification names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// A token, by its digest (hex).
+    Token(Vec<u8>),
+    AccessKey(String),
+    /// Every credential of a partner (suspended or reactivated).
+    Partner,
+}
+
+impl Revoked {
+    pub fn payload_of_token(digest: &[u8]) -> String {
+        format!("token:{}", hex::encode(digest))
+    }
+
+    pub fn payload_of_access_key(access_key: &str) -> String {
+        format!("key:{access_key}")
+    }
+
+    pub fn payload_of_partner(partner_id: uuid::Uuid) -> String {
+        format!("partner:{partner_id}")
+    }
+
+    fn parse(payload: &str) -> Option<Self> {
+        let (kind, value) = payload.split_once(':')?;
+        match kind {
+            "token" => hex::decode(value).ok().map(Self::Token),
+            "key" => Some(Self::AccessKey(value.to_owned())),
+            "partner" => Some(Self::Partner),
+            _ => None,
+        }
+    }
+}
+
+/// Listens until the process ends, reconnecting by itself.
+pub fn spawn_listener(auth: Arc<Authenticator>, pool: PgPool) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = listen(&auth, &pool).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "revocation listener failed; retrying"
+                );
+            }
+            auth.forget_all();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+async fn listen(auth: &Authenticator, pool: &PgPool) -> anyhow::Result<()> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    // Anything revoked before we listened may still sit in the cache.
+    auth.forget_all();
+    loop {
+        match listener.try_recv().await? {
+            Some(notification) => match Revoked::parse(notification.payload()) {
+                Some(revoked) => auth.forget(&revoked),
+                None => auth.forget_all(),
+            },
+            // The connection was lost (and is re-established by the next
+            // call): notifications may have been missed.
+            None => auth.forget_all(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip() {
+        let digest = vec![0xab, 0x01];
+        assert_eq!(
+            Revoked::parse(&Revoked::payload_of_token(&digest)),
+            Some(Revoked::Token(digest))
+        );
+        assert_eq!(
+            Revoked::parse(&Revoked::payload_of_access_key("AK1")),
+            Some(Revoked::AccessKey("AK1".into()))
+        );
+        assert_eq!(
+            Revoked::parse(&Revoked::payload_of_partner(uuid::Uuid::nil())),
+            Some(Revoked::Partner)
+        );
+        assert_eq!(Revoked::parse("nonsense"), None);
+    }
+}
