@@ -123,3 +123,74 @@ async fn invisible_and_control_characters_get_a_4xx_and_write_nothing() {
     assert_eq!(stack.db.count("SELECT count(*) FROM dispatches").await, 0);
     stack.broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_oversized_body_from_a_stranger_is_a_401_and_from_a_partner_a_400() {
+    let stack = Stack::start().await;
+    let big =
+        serde_json::json!({"receiver_type": 2, "email": "a@b.example", "pad": "x".repeat(20_000)});
+    let post = |token: Option<&str>| {
+        let mut request = stack
+            .intake
+            .client
+            .post(stack.intake.url(SEND_PATH))
+            .json(&big);
+        if let Some(token) = token {
+            request = request.header("X-Auth-Token", token);
+        }
+        request.send()
+    };
+    let stranger = Reply::read(post(None).await.unwrap()).await;
+    assert_eq!(
+        (stranger.status, stranger.error_code().as_deref()),
+        (401, Some("CBC.0154"))
+    );
+    let unknown = Reply::read(post(Some("vmt_nope")).await.unwrap()).await;
+    assert_eq!(
+        (unknown.status, unknown.error_code().as_deref()),
+        (401, Some("CBC.0154"))
+    );
+    let partner = Reply::read(post(Some(&stack.partner.token)).await.unwrap()).await;
+    assert_eq!(
+        (partner.status, partner.error_code().as_deref()),
+        (400, Some("CBC.0100"))
+    );
+    assert_eq!(stack.db.count("SELECT count(*) FROM dispatches").await, 0);
+    stack.broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_gets_a_cbc_body() {
+    let stack = Stack::start().await;
+    for path in [
+        "/v2/bases/verificationcode/dispatches/%FF",
+        "/v2/bases/verificationcode/dispatches/%C3%28",
+    ] {
+        let reply = Reply::read(
+            stack
+                .intake
+                .client
+                .get(stack.intake.url(path))
+                .header("X-Auth-Token", &stack.partner.token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert_eq!(reply.error_code().as_deref(), Some("CBC.0100"), "{path}");
+        assert!(reply.content_type.unwrap().starts_with("application/json"));
+        let stranger = Reply::read(
+            stack
+                .intake
+                .client
+                .get(stack.intake.url(path))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(stranger.status, 401, "authentication first");
+    }
+    stack.broker.cleanup().await;
+}

@@ -14,7 +14,9 @@ use crate::store::{self, DispatchView};
 
 pub async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    // A path that is not UTF-8 (`%FF`) is answered like an unknown id, after
+    // authentication, instead of with axum's plain-text rejection.
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -28,7 +30,10 @@ pub async fn show(
     let caller = state.auth.authenticate(&presented).await?;
     // Another partner's id is answered exactly like an unknown one.
     let not_found = || ApiError::new(ErrorCode::NotFound);
-    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let id = id
+        .ok()
+        .and_then(|Path(id)| Uuid::parse_str(&id).ok())
+        .ok_or_else(not_found)?;
     store::find(&state.pool, id, caller.partner_id)
         .await?
         .map(Json)

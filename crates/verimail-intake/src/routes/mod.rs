@@ -58,7 +58,23 @@ impl axum::extract::FromRequest<crate::state::AppState> for AuthenticatedJson {
         state: &crate::state::AppState,
     ) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
-        let body = read_body(body).await?;
+        let body = match read_body(body).await {
+            Ok(body) => body,
+            Err(too_large) => {
+                // Authentication comes first even here: the credentials are
+                // checked as far as they can be without the body (a token
+                // fully, an access key by existence), so a stranger's
+                // oversized body is a 401, not a 400.
+                let presented = crate::auth::Presented {
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    headers: &parts.headers,
+                    body: &[],
+                };
+                state.auth.authenticate_unsigned(&presented).await?;
+                return Err(too_large);
+            }
+        };
         let presented = crate::auth::Presented {
             method: &parts.method,
             uri: &parts.uri,
