@@ -39,6 +39,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "address the intake listens on",
     ),
     (
+        "VERIMAIL_HTTP_HEADER_TIMEOUT",
+        "5s",
+        "longest a client may take to send a request's headers, or to start the next request on a kept-alive connection",
+    ),
+    (
+        "VERIMAIL_HTTP_BODY_TIMEOUT",
+        "10s",
+        "longest a client may take to send a request's body",
+    ),
+    (
+        "VERIMAIL_HTTP_MAX_CONNECTIONS",
+        "1024",
+        "open HTTP connections per intake; more are answered 503 and closed",
+    ),
+    (
         "VERIMAIL_PUBLISH_TIMEOUT",
         "2s",
         "longest wait for a publisher confirm (the intake's hand-off, and the worker's retries and re-publishes)",
@@ -119,7 +134,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "VERIMAIL_SHUTDOWN_GRACE",
         "10s",
-        "how long in-flight sends may finish on SIGTERM",
+        "how long in-flight sends and requests may finish on SIGTERM",
     ),
     (
         "VERIMAIL_SWEEP_INTERVAL",
@@ -214,6 +229,7 @@ pub struct Common {
     pub amqp_prefix: String,
     pub publish_timeout: Duration,
     pub retry_schedule: Vec<Duration>,
+    pub shutdown_grace: Duration,
 }
 
 impl Common {
@@ -240,6 +256,7 @@ impl Common {
                 }
             })?,
             publish_timeout: read(src, "VERIMAIL_PUBLISH_TIMEOUT", duration)?,
+            shutdown_grace: read(src, "VERIMAIL_SHUTDOWN_GRACE", duration)?,
             retry_schedule: read(src, "VERIMAIL_RETRY_SCHEDULE", |s| {
                 s.split(',').map(|d| duration(d.trim())).collect()
             })?,
@@ -287,6 +304,9 @@ pub fn require_secret(src: &dyn Source) -> Result<MasterSecret, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Intake {
     pub listen: SocketAddr,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
     pub rate_limit: RateLimit,
     pub code_length: usize,
     pub auth_cache_ttl: Duration,
@@ -299,6 +319,9 @@ impl Intake {
                 s.parse()
                     .map_err(|_| "expected HOST:PORT, like 127.0.0.1:8080".into())
             })?,
+            header_timeout: read(src, "VERIMAIL_HTTP_HEADER_TIMEOUT", duration)?,
+            body_timeout: read(src, "VERIMAIL_HTTP_BODY_TIMEOUT", duration)?,
+            max_connections: read(src, "VERIMAIL_HTTP_MAX_CONNECTIONS", number(1, 1_000_000))?,
             rate_limit: read(src, "VERIMAIL_RATE_LIMIT", RateLimit::parse)?,
             code_length: read(
                 src,
@@ -325,6 +348,12 @@ impl Intake {
             auth_cache_ttl: self.auth_cache_ttl,
             // The failure record after a publish timeout waits at most for a
             // connection and one statement's worth of round trip.
+            http: verimail_intake::serve::HttpLimits {
+                header_timeout: self.header_timeout,
+                body_timeout: self.body_timeout,
+                max_connections: self.max_connections,
+                shutdown_grace: common.shutdown_grace,
+            },
             handoff_window: common.publish_timeout
                 + common.db_acquire_timeout
                 + Duration::from_secs(1),
@@ -345,7 +374,6 @@ pub struct Worker {
     pub lease: Duration,
     pub smtp_connections: usize,
     pub smtp_timeout: Duration,
-    pub shutdown_grace: Duration,
     pub metrics_listen: SocketAddr,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
@@ -366,7 +394,6 @@ impl Worker {
             lease: read(src, "VERIMAIL_LEASE", duration)?,
             smtp_connections: read(src, "VERIMAIL_SMTP_CONNECTIONS", number(1, 1000))?,
             smtp_timeout: read(src, "VERIMAIL_SMTP_TIMEOUT", duration)?,
-            shutdown_grace: read(src, "VERIMAIL_SHUTDOWN_GRACE", duration)?,
             metrics_listen: read(src, "VERIMAIL_METRICS_LISTEN", |s| {
                 s.parse()
                     .map_err(|_| "expected HOST:PORT, like 127.0.0.1:9091".into())
@@ -414,7 +441,7 @@ impl Worker {
             outbox: self.outbox.clone(),
             smtp_connections: self.smtp_connections,
             smtp_timeout: self.smtp_timeout,
-            shutdown_grace: self.shutdown_grace,
+            shutdown_grace: common.shutdown_grace,
             sweep_interval: self.sweep_interval,
             sweep_grace: self.sweep_grace,
         }

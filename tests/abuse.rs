@@ -194,3 +194,96 @@ async fn a_path_that_is_not_utf8_gets_a_cbc_body() {
     }
     stack.broker.cleanup().await;
 }
+
+/// Opens a connection that sends a request's headers a byte at a time.
+async fn dribbler(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"POST /v2/bases/verificationcode/send HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_closed_and_do_not_starve_a_real_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    let header_timeout = Duration::from_secs(1); // support::intake_settings
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        slow.push(dribbler(stack.intake.addr).await);
+    }
+    let started = std::time::Instant::now();
+    let reply = stack
+        .intake
+        .send(&stack.partner.token, &valid_body("patient@example.com"))
+        .await;
+    assert_eq!(reply.status, 204);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Keep dribbling; the server must hang up on every one within the
+    // header timeout (plus scheduling slack).
+    let deadline = std::time::Instant::now() + header_timeout + Duration::from_secs(2);
+    let mut closed = 0;
+    for socket in &mut slow {
+        let _ = socket.write_all(b"X").await;
+        let mut buf = [0u8; 512];
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // EOF or a reset, before the deadline: the server hung up.
+        if tokio::time::timeout(left, socket.read(&mut buf)).await.is_ok() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 300, "every slow socket is closed by the server");
+    stack.broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_shed_with_a_cbc_503() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let mut settings = intake_settings(amqp_url(), &prefix);
+    settings.http.max_connections = 2;
+    settings.http.header_timeout = Duration::from_secs(30);
+    let intake = TestIntake::spawn(settings, &db.url).await;
+    let _held = [dribbler(intake.addr).await, dribbler(intake.addr).await];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A raw request, to read exactly what the server answers before closing.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut third = tokio::net::TcpStream::connect(intake.addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), third.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"error_code\":\"CBC.0999\""), "{answer}");
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_64_kib_header_is_refused() {
+    let stack = Stack::start().await;
+    let reply = stack
+        .intake
+        .client
+        .get(stack.intake.url("/healthz"))
+        .header("X-Padding", "x".repeat(64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 431);
+    stack.broker.cleanup().await;
+}

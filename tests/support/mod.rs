@@ -128,6 +128,12 @@ pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
         // Off, so tests see revocations at once; a dedicated test covers the cache.
         auth_cache_ttl: Duration::ZERO,
         handoff_window: Duration::from_millis(1500 + 1000 + 1000),
+        http: verimail_intake::serve::HttpLimits {
+            header_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(2),
+            max_connections: 2000,
+            shutdown_grace: Duration::from_secs(2),
+        },
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod request_id;
 pub mod routes;
+pub mod serve;
 pub mod settings;
 pub mod startup;
 pub mod state;

@@ -55,6 +55,7 @@ pub struct IntakeSettings {
     /// hand-off as failed (CBC.99004003): at least the publish timeout plus
     /// the time the failure record may take. Past it, the dispatch is mailed.
     pub handoff_window: Duration,
+    pub http: crate::serve::HttpLimits,
 }
 
 #[cfg(test)]

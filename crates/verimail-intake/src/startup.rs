@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: crate::serve::HttpLimits,
 }
 
 impl Application {
@@ -72,6 +73,7 @@ impl Application {
         if !settings.auth_cache_ttl.is_zero() {
             crate::auth::revocation::spawn_listener(auth.clone(), pool.clone());
         }
+        let limits = settings.http;
         let state = AppState {
             pool,
             keys,
@@ -82,6 +84,7 @@ impl Application {
         Ok(Self {
             listener,
             router: router(state),
+            limits,
         })
     }
 
@@ -97,8 +100,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "intake listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        crate::serve::serve(self.listener, self.router, self.limits, shutdown)
             .await
             .context("serving HTTP")
     }

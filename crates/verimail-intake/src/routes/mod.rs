@@ -15,14 +15,19 @@ use crate::error::ApiError;
 pub const BODY_LIMIT: usize = 16 * 1024;
 
 /// Reads the body ourselves so an oversized one is a CBC error, not axum's
-/// plain-text 413.
-pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        ApiError::with_message(
+/// plain-text 413, and a stalled one ends within `timeout`.
+pub async fn read_body(body: Body, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::with_message(
             ErrorCode::ParameterError,
             "Parameter error. The body exceeds 16 KiB.",
-        )
-    })
+        )),
+        Err(_) => Err(ApiError::with_message(
+            ErrorCode::ParameterError,
+            "Parameter error. The body did not arrive in time.",
+        )),
+    }
 }
 
 /// Only JSON is accepted (`application/json`, any parameters).
@@ -58,7 +63,7 @@ impl axum::extract::FromRequest<crate::state::AppState> for AuthenticatedJson {
         state: &crate::state::AppState,
     ) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
-        let body = match read_body(body).await {
+        let body = match read_body(body, state.settings.http.body_timeout).await {
             Ok(body) => body,
             Err(too_large) => {
                 // Authentication comes first even here: the credentials are
