@@ -115,6 +115,7 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             db::create_database_if_missing(&common.database_url).await?;
             let pool = db::pool(&common.db())?;
             db::migrate(&pool).await?;
+            crate::dev_bootstrap::run(env, &pool).await?;
             print(json!({"migrated": true}));
         }
         Command::Intake => {
@@ -167,6 +168,7 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             db::create_database_if_missing(&common.database_url).await?;
             let pool = db::pool(&common.db())?;
             db::migrate(&pool).await?;
+            crate::dev_bootstrap::run(env, &pool).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let app = verimail_intake::Application::build(
                 intake.settings(&common),
