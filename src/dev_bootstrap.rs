@@ -106,8 +106,12 @@ impl DevBootstrap {
                 check_alphanumeric(&sk, 16, 128).map_err(|p| error(SECRET_KEY, p))?;
                 Some((ak, sk))
             }
-            (Some(_), None) => return Err(error(SECRET_KEY, format!("is required with {ACCESS_KEY}"))),
-            (None, Some(_)) => return Err(error(ACCESS_KEY, format!("is required with {SECRET_KEY}"))),
+            (Some(_), None) => {
+                return Err(error(SECRET_KEY, format!("is required with {ACCESS_KEY}")));
+            }
+            (None, Some(_)) => {
+                return Err(error(ACCESS_KEY, format!("is required with {SECRET_KEY}")));
+            }
         };
         if token.is_none() && access_key.is_none() {
             return Err(error(
@@ -219,7 +223,10 @@ mod tests {
                 }
                 let err = DevBootstrap::load(&e).unwrap_err();
                 assert_eq!(err.var, var);
-                assert!(err.to_string().contains("refused unless VERIMAIL_DEV_BOOTSTRAP=true"));
+                assert!(
+                    err.to_string()
+                        .contains("refused unless VERIMAIL_DEV_BOOTSTRAP=true")
+                );
             }
         }
         let err = DevBootstrap::load(&env(&[(SWITCH, "yes"), (TOKEN, TOKEN_VALUE)])).unwrap_err();
@@ -232,7 +239,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(loaded.token.as_deref(), Some(TOKEN_VALUE));
-        assert_eq!(loaded.partner_id.to_string(), config::default_of(PARTNER_ID));
+        assert_eq!(
+            loaded.partner_id.to_string(),
+            config::default_of(PARTNER_ID)
+        );
         assert_eq!(loaded.access_key, None);
 
         let cases: &[(&[(&str, &str)], &str)] = &[
@@ -241,9 +251,21 @@ mod tests {
             (&[(TOKEN, "has a space in it, so no")], TOKEN),
             (&[(ACCESS_KEY, "DEVACCESSKEY0000")], SECRET_KEY),
             (&[(SECRET_KEY, "devsecretkey00000000")], ACCESS_KEY),
-            (&[(ACCESS_KEY, "DEV-KEY-0000"), (SECRET_KEY, "devsecretkey00000000")], ACCESS_KEY),
-            (&[(ACCESS_KEY, "DEVACCESSKEY0000"), (SECRET_KEY, "short")], SECRET_KEY),
-            (&[(TOKEN, TOKEN_VALUE), (PARTNER_ID, "not-a-uuid")], PARTNER_ID),
+            (
+                &[
+                    (ACCESS_KEY, "DEV-KEY-0000"),
+                    (SECRET_KEY, "devsecretkey00000000"),
+                ],
+                ACCESS_KEY,
+            ),
+            (
+                &[(ACCESS_KEY, "DEVACCESSKEY0000"), (SECRET_KEY, "short")],
+                SECRET_KEY,
+            ),
+            (
+                &[(TOKEN, TOKEN_VALUE), (PARTNER_ID, "not-a-uuid")],
+                PARTNER_ID,
+            ),
         ];
         for (pairs, var) in cases {
             let mut e = env(pairs);
