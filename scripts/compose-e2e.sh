@@ -110,8 +110,10 @@ find_compose() {
     say "using ${COMPOSE[*]} (Compose $version)"
 }
 
-FILES=(-f docker-compose.yml)
-compose() { "${COMPOSE[@]}" "${FILES[@]}" "$@"; }
+# The stack in use: its project name and compose files (the README example
+# at the end brings up a second one).
+FILES=(-f "$ROOT/docker-compose.yml")
+compose() { "${COMPOSE[@]}" -p "$COMPOSE_PROJECT_NAME" "${FILES[@]}" "$@"; }
 
 for tool in docker curl python3; do
     command -v "$tool" >/dev/null 2>&1 || {
@@ -125,7 +127,7 @@ docker info >/dev/null 2>&1 || {
 }
 find_compose
 if [[ "${E2E_UPSTREAM:-}" != 1 ]]; then
-    FILES+=(-f .ci/compose/docker-compose.ci.yml)
+    FILES+=(-f "$ROOT/.ci/compose/docker-compose.ci.yml")
 fi
 
 SDK_PYTHON=${VERIMAIL_SDK_PYTHON:-$ROOT/target/sdk-venv/bin/python}
@@ -176,7 +178,7 @@ teardown() {
     if [[ -n "$STACK_UP" ]]; then
         if [[ "${E2E_KEEP:-}" == 1 ]]; then
             say "E2E_KEEP=1: the stack stays up; remove it with:"
-            printf '  %s %s down -v\n' "${COMPOSE[*]}" "${FILES[*]}" >&2
+            printf '  %s -p %s %s down -v\n' "${COMPOSE[*]}" "$COMPOSE_PROJECT_NAME" "${FILES[*]}" >&2
         else
             say "docker compose down -v"
             compose down -v --remove-orphans >/dev/null 2>&1 || compose down -v --remove-orphans || true
@@ -297,22 +299,27 @@ send_sdk() { # AK SK DOMAIN_ID EMAIL: prints "<status> <request id>"
 }
 
 # The latest code MailDev holds for EMAIL, the way the README shows it:
-# GET /email?to.address=EMAIL, last message, the code line of its text. Waits
-# up to 30s; with DISPATCH_ID also requires that message's Message-ID.
+# GET /email?to.address=EMAIL, last message, the code line of its text.
+# Prints "<code> <dispatch id>" (the id from the Message-ID,
+# <dispatch-id@sender-domain>). Waits up to 30s; with DISPATCH_ID, for the
+# message of that dispatch to be the latest.
 latest_code() { # EMAIL [DISPATCH_ID]
-    local code
+    local found
     for _ in $(seq 1 60); do
-        code=$(curl -sS --max-time 5 -G "$MAIL_API/email" --data-urlencode "to.address=$1" 2>/dev/null |
+        found=$(curl -sS --max-time 5 -G "$MAIL_API/email" --data-urlencode "to.address=$1" 2>/dev/null |
             python3 -c 'import json, re, sys
 mails = json.load(sys.stdin)
 if not mails:
     sys.exit(1)
 last = mails[-1]
-if len(sys.argv) > 1 and sys.argv[1] not in ("none", "") and sys.argv[1] not in (last.get("messageId") or ""):
+message_id = (last.get("messageId") or "").strip("<>").split("@")[0]
+if len(sys.argv) > 1 and sys.argv[1] not in ("none", "") and sys.argv[1] != message_id:
     sys.exit(1)
 m = re.search(r"^\s*(\d{4,10})\s*$", last.get("text") or "", re.M)
-print(m.group(1) if m else "")' ${2:+"$2"} 2>/dev/null) && [[ -n "$code" ]] && {
-            printf '%s\n' "$code"
+if not m:
+    sys.exit(1)
+print(m.group(1), message_id or "none")' ${2:+"$2"} 2>/dev/null) && [[ -n "$found" ]] && {
+            printf '%s\n' "$found"
             return 0
         }
         sleep 0.5
@@ -327,8 +334,8 @@ check_code() { # AUTH-HEADER EMAIL CODE: prints the HTTP status
         -d "{\"email\":\"$2\",\"verification_code\":\"$3\"}" 2>/dev/null || printf '000'
 }
 
-dispatch_status() { # ID: prints the dispatch's status ('' when unknown)
-    curl -sS --max-time 5 -H "X-Auth-Token: $TOKEN" \
+dispatch_status() { # ID [AUTH-HEADER]: prints the dispatch's status ('' when unknown)
+    curl -sS --max-time 5 -H "${2:-X-Auth-Token: $TOKEN}" \
         "$API/v2/bases/verificationcode/dispatches/$1" 2>/dev/null | json_field status
 }
 
@@ -336,28 +343,30 @@ dispatch_status() { # ID: prints the dispatch's status ('' when unknown)
 round_trip() { # label AUTH-HEADER EMAIL SEND-RESULT("status id")
     local label=$1 auth=$2 email=$3 status id code checked
     read -r status id <<<"$4"
+    [[ "$id" != none ]] || id=""
     if [[ "$status" != 204 ]]; then
         fail "$label: send answered $status (expected 204)"
         return
     fi
-    pass "$label: send answered 204 (dispatch $id)"
-    if ! code=$(latest_code "$email" "$id"); then
-        fail "$label: no mail for $email with Message-ID $id in MailDev within 30s"
+    pass "$label: send answered 204${id:+ (X-Request-Id $id)}"
+    local found mail_id
+    if ! found=$(latest_code "$email" "$id"); then
+        fail "$label: no mail for $email${id:+ with Message-ID <$id@…>} in MailDev within 30s"
         return
     fi
-    pass "$label: MailDev GET /email?to.address=$email has the code"
+    read -r code mail_id <<<"$found"
+    # The SDK does not expose a success response's headers: the dispatch id
+    # then comes from the mail's Message-ID.
+    [[ -n "$id" && "$id" != none ]] || id=$mail_id
+    pass "$label: MailDev GET /email?to.address=$email has the code (dispatch $id)"
     checked=$(check_code "$auth" "$email" "$code")
     if [[ "$checked" == 204 ]]; then
         pass "$label: /check accepted the code (204)"
     else
         fail "$label: /check answered $checked: $(cat "$WORK/check.body")"
     fi
-    if [[ "$id" == none || -z "$id" ]]; then
-        fail "$label: the 204 carried no X-Request-Id (dispatch id)"
-        return
-    fi
     local final
-    final=$(dispatch_status "$id")
+    final=$(dispatch_status "$id" "$auth")
     [[ "$final" == verified ]] && pass "$label: dispatch $id is now verified" ||
         fail "$label: dispatch status is '$final', expected verified"
 }
@@ -401,14 +410,14 @@ wait_healthy() { # seconds expected-worker-count
 
 # --- load under disruption -----------------------------------------------------------
 
-# Sends $LOAD requests, 10 a second, to fresh addresses; one line
-# "<status> <id>" each into FILE.
-stream_sends() { # FILE TAG
+# Sends $LOAD requests, one every PAUSE seconds, to fresh addresses; one
+# line "<status> <id>" each into FILE.
+stream_sends() { # FILE TAG PAUSE
     local i
     : >"$1"
     for i in $(seq 1 "$LOAD"); do
         send_curl "X-Auth-Token: $TOKEN" "load-$2-$i-$RUN_ID@example.com" >>"$1"
-        sleep 0.1
+        sleep "$3"
     done
 }
 
@@ -417,7 +426,7 @@ expect_all_sent() { # FILE LABEL SECONDS
     local file=$1 label=$2 deadline=$(($(date +%s) + $3))
     local accepted others
     accepted=$(awk '$1 == 204 { print $2 }' "$file")
-    others=$(awk '$1 != 204' "$file" | awk '{ print $1 }' | sort | uniq -c | tr '\n' ' ')
+    others=$(awk '$1 != 204 { n[$1]++ } END { for (s in n) printf "%s%d answered %s", (k++ ? ", " : ""), n[s], s }' "$file")
     local n_accepted
     n_accepted=$(printf '%s\n' "$accepted" | grep -c . || true)
     ((n_accepted > 0)) || {
@@ -472,9 +481,12 @@ if [[ "${E2E_UPSTREAM:-}" != 1 ]]; then
 fi
 compose config -q || die "docker compose config rejects the files ${FILES[*]}"
 
-say "docker compose build (verimail from the Dockerfile)"
+# migrate, intake and worker share the image verimail:dev; building it once
+# (through `migrate`) spares the classic builder two parallel copies of the
+# same build. `up` then finds the image and builds nothing.
+say "docker compose build migrate (the verimail image, from the Dockerfile)"
 start=$(now)
-nice -n 19 "${COMPOSE[@]}" "${FILES[@]}" build >"$WORK/build-verimail.log" 2>&1 ||
+nice -n 19 "${COMPOSE[@]}" "${FILES[@]}" build migrate >"$WORK/build-verimail.log" 2>&1 ||
     die "docker compose build failed; see $WORK/build-verimail.log: $(tail -n 25 "$WORK/build-verimail.log")"
 timing "verimail image (docker compose build)" "$(since "$start")"
 pass "docker compose build: the verimail image builds from the Dockerfile"
@@ -484,14 +496,14 @@ user=$(docker image inspect --format '{{.Config.User}}' verimail:dev)
 [[ -n "$(docker image inspect --format '{{if .Config.Healthcheck}}yes{{end}}' verimail:dev)" ]] &&
     pass "the verimail image has a HEALTHCHECK" || fail "the verimail image has no HEALTHCHECK"
 
-say "docker compose up -d"
+say "docker compose up -d --wait"
 STACK_UP=1
 start=$(now)
-compose up -d >"$WORK/up.log" 2>&1 || {
+compose up -d --wait --wait-timeout 240 >"$WORK/up.log" 2>&1 || {
     cat "$WORK/up.log" >&2
-    die "docker compose up failed"
+    die "docker compose up -d --wait failed"
 }
-wait_healthy 240 2
+wait_healthy 60 2
 UP_TO_READY=$(since "$start")
 timing "docker compose up to ready (all healthy, /readyz 200)" "$UP_TO_READY"
 pass "stack healthy: postgres, rabbitmq, maildev, migrate (exit 0), intake, 2 workers"
@@ -532,7 +544,8 @@ round_trip "SDK + dev bootstrap AK/SK" "X-Auth-Token: $DEV_TOKEN" "$email" \
 
 email="wrong-$RUN_ID@example.com"
 read -r st _ <<<"$(send_curl "X-Auth-Token: $TOKEN" "$email")"
-if [[ "$st" == 204 ]] && code=$(latest_code "$email"); then
+if [[ "$st" == 204 ]] && found=$(latest_code "$email"); then
+    code=${found%% *}
     wrong=$(printf '%0*d' "${#code}" $(((10#$code + 1) % 10 ** ${#code})))
     st=$(check_code "X-Auth-Token: $TOKEN" "$email" "$wrong")
     [[ "$st" == 400 && "$(json_field error_code <"$WORK/check.body")" == CBC.99004010 ]] &&
@@ -564,7 +577,7 @@ n=$(compose ps -q worker | wc -l)
 [[ "$n" == 3 ]] && pass "scaled to 3 workers" || fail "expected 3 worker containers, found $n"
 
 say "killing a worker (SIGKILL) while $LOAD requests stream in"
-stream_sends "$WORK/load-kill.txt" kill &
+stream_sends "$WORK/load-kill.txt" kill 0.1 &
 loader=$!
 sleep 2
 victim=$(compose ps -q worker | head -n 1)
@@ -576,8 +589,9 @@ expect_all_sent "$WORK/load-kill.txt" "worker killed under load" 150
 compose up -d --scale worker=3 --no-recreate >/dev/null 2>&1 || true
 docker start "$victim" >/dev/null 2>&1 || true
 
+# Slower, so that requests keep coming through the outage and after it.
 say "restarting the rabbitmq container while $LOAD requests stream in"
-stream_sends "$WORK/load-rabbit.txt" rabbit &
+stream_sends "$WORK/load-rabbit.txt" rabbit 0.4 &
 loader=$!
 sleep 2
 compose restart rabbitmq >"$WORK/restart-rabbit.log" 2>&1 && pass "rabbitmq container restarted mid-load" ||
@@ -593,5 +607,83 @@ round_trip "after the rabbitmq restart" "X-Auth-Token: $TOKEN" "$email" \
 wait_healthy 60 3
 pass "stack healthy at the end"
 ((FAILED == 0)) || dump_logs
+say "docker compose down -v"
+compose down -v --remove-orphans >"$WORK/down.log" 2>&1 && pass "docker compose down -v" ||
+    fail "docker compose down -v failed: $(tail -n 5 "$WORK/down.log")"
+STACK_UP=""
+left=$(docker ps -a -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" | wc -l)
+vols=$(docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" | wc -l)
+[[ "$left" == 0 && "$vols" == 0 ]] && pass "nothing left after down -v" ||
+    fail "after down -v: $left containers, $vols volumes left"
+
+# --- the README's copy-paste example, as it is ----------------------------------------------
+# "Using verimail in your compose e2e tests": its compose file (which
+# `include`s this repository's docker-compose.yml from vendor/verimail) and
+# its shell block, taken from README.md. Its `app` service builds `.`: here a
+# placeholder image. `docker compose` in that block gets the CI override
+# added by a wrapper on PATH (nothing else changes).
+readme_example() {
+    local dir="$WORK/readme-example" real_docker
+    rm -rf "$dir"
+    mkdir -p "$dir/vendor" "$dir/bin"
+    ln -s "$ROOT" "$dir/vendor/verimail"
+    python3 - "$ROOT/README.md" "$dir" <<'PY' || return 1
+import pathlib, re, sys
+readme = pathlib.Path(sys.argv[1]).read_text()
+section = readme.split("### Using verimail in your compose e2e tests", 1)[1].split("\n## ", 1)[0]
+compose = re.search(r"```yaml\n(# compose\.e2e\.yml.*?)```", section, re.S)
+script = re.search(r"```sh\n(docker compose -f compose\.e2e\.yml up.*?)```", section, re.S)
+if not compose or not script:
+    sys.exit("README.md: the compose e2e example blocks were not found")
+out = pathlib.Path(sys.argv[2])
+(out / "compose.e2e.yml").write_text(compose.group(1))
+(out / "example.sh").write_text(script.group(1))
+PY
+    printf 'FROM %s
+USER 65534
+CMD ["bash", "-c", "trap exit TERM; sleep infinity & wait"]
+' \
+        "${E2E_APP_BASE:-$BASE_IMAGE}" >"$dir/Dockerfile"
+    real_docker=$(command -v docker)
+    {
+        printf '#!/usr/bin/env bash
+'
+        printf '# `docker compose -f compose.e2e.yml ...` with the CI override added.
+'
+        printf 'if [[ "${1:-}" == compose ]]; then
+    shift
+    args=()
+'
+        printf '    for a in "$@"; do args+=("$a"); [[ "$a" == compose.e2e.yml ]] && args+=(%s); done
+' \
+            "${FILES[*]:2}"
+        printf '    exec %s "${args[@]}"
+fi
+' "${COMPOSE[*]}"
+        printf 'exec %s "$@"
+' "$real_docker"
+    } >"$dir/bin/docker"
+    chmod +x "$dir/bin/docker"
+    (cd "$dir" && PATH="$dir/bin:$PATH" bash -e example.sh) >"$WORK/readme-example.log" 2>&1
+}
+if [[ "${E2E_UPSTREAM:-}" == 1 ]]; then
+    E2E_APP_BASE=debian:bookworm-slim
+fi
+say "the README's compose e2e example (include + dev token + MailDev API + check)"
+export COMPOSE_PROJECT_NAME=verimail-e2e-readme
+FILES=(-f "$WORK/readme-example/compose.e2e.yml" "${FILES[@]:2}")
+STACK_UP=1
+start=$(now)
+if readme_example && grep -q '^HTTP/1.1 204' "$WORK/readme-example.log"; then
+    timing "README example (up --build --wait, send, read, check, down -v)" "$(since "$start")"
+    pass "the README's compose e2e example runs as written: its /check answered 204"
+else
+    tail -n 40 "$WORK/readme-example.log" >&2
+    fail "the README's compose e2e example failed (log: $WORK/readme-example.log)"
+    dump_logs
+fi
+compose down -v --remove-orphans >/dev/null 2>&1 || true
+STACK_UP=""
+
 summary
 ((FAILED == 0))
