@@ -475,6 +475,11 @@ done
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 
 if [[ "${E2E_UPSTREAM:-}" != 1 ]]; then
+    # The classic builder keeps each superseded builder stage as an untagged
+    # image; drop those older than a week (labelled by the rust-builder
+    # image), so that the build cache does not grow without bound.
+    docker image prune -f --filter "label=org.verimail.ci.builder-cache=true" \
+        --filter "until=168h" >/dev/null 2>&1 || true
     build_base
     build_standins
     build_rust_builder
@@ -683,6 +688,7 @@ else
     dump_logs
 fi
 compose down -v --remove-orphans >/dev/null 2>&1 || true
+docker rmi "$COMPOSE_PROJECT_NAME-app" >/dev/null 2>&1 || true
 STACK_UP=""
 
 summary
