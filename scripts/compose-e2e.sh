@@ -266,6 +266,12 @@ build_rust_builder() {
     docker_build "rust builder" rust-builder --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         -t "$VERIMAIL_CI_RUST_IMAGE" "$ctx"
     rm -rf "$ctx"
+    # Builders for an older toolchain or Cargo.lock are not used again (the
+    # week-old prune above then takes the stages built on them).
+    local old
+    for old in $(docker images verimail-ci/rust-builder --format '{{.Repository}}:{{.Tag}}'); do
+        [[ "$old" == "$VERIMAIL_CI_RUST_IMAGE" ]] || docker rmi "$old" >/dev/null 2>&1 || true
+    done
 }
 
 # --- HTTP helpers ----------------------------------------------------------------
