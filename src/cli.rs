@@ -110,12 +110,13 @@ fn print(value: serde_json::Value) {
 
 async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
     let common = config::Common::load(env)?;
+    let dev_bootstrap =
+        crate::dev_bootstrap::for_command(matches!(command, Command::Migrate), env)?;
     match command {
         Command::Migrate => {
             db::create_database_if_missing(&common.database_url).await?;
             let pool = db::pool(&common.db())?;
             db::migrate(&pool).await?;
-            crate::dev_bootstrap::run(env, &pool).await?;
             print(json!({"migrated": true}));
         }
         Command::Intake => {
@@ -168,7 +169,6 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             db::create_database_if_missing(&common.database_url).await?;
             let pool = db::pool(&common.db())?;
             db::migrate(&pool).await?;
-            crate::dev_bootstrap::run(env, &pool).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let app = verimail_intake::Application::build(
                 intake.settings(&common),
@@ -240,6 +240,9 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             }
             print(json!({"revoked": true}));
         }
+    }
+    if let Some(bootstrap) = dev_bootstrap {
+        bootstrap.run(env, &common).await?;
     }
     Ok(())
 }

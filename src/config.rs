@@ -118,11 +118,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("RUST_LOG", "info", "log filter"),
     ("VERIMAIL_LOG_FORMAT", "text", "text or json"),
-    // DEVELOPMENT ONLY (src/dev_bootstrap.rs): read by `migrate` and `all`.
+    // DEVELOPMENT ONLY (src/dev_bootstrap.rs): applied by `migrate`.
     (
         "VERIMAIL_DEV_BOOTSTRAP",
         "",
-        "DEVELOPMENT ONLY: true lets migrate and all make the VERIMAIL_DEV_* partner and credentials live; without it they are refused",
+        "DEVELOPMENT ONLY: true lets migrate make the VERIMAIL_DEV_* partner and credentials live; without it every command refuses them",
     ),
     (
         "VERIMAIL_DEV_PARTNER_ID",

@@ -3,18 +3,19 @@
 //! running `verimail partner create` / `token issue` / `key create` in a
 //! container.
 //!
-//! `verimail migrate` (and `verimail all`) applies it after the migrations
-//! when, and only when, `VERIMAIL_DEV_BOOTSTRAP=true`: it makes the partner
+//! `verimail migrate` applies it after the migrations when, and only when,
+//! `VERIMAIL_DEV_BOOTSTRAP=true`: it makes the partner
 //! `VERIMAIL_DEV_PARTNER_ID` (active) and makes `VERIMAIL_DEV_TOKEN` and/or
 //! the pair `VERIMAIL_DEV_ACCESS_KEY` / `VERIMAIL_DEV_SECRET_KEY` live for
 //! it, again on every run (a revoked one comes back). Any `VERIMAIL_DEV_*`
-//! credential set without that switch stops the process (exit 2): a
-//! credential that is public by construction must never be accepted by
-//! accident.
+//! credential set without that switch stops every command at start (exit
+//! 2): a credential that is public by construction must never be accepted,
+//! or thought to be in effect, by accident.
 
 use anyhow::Context;
 use sqlx::PgPool;
 use uuid::Uuid;
+use verimail_core::db;
 use verimail_core::secrets::{Keys, token_digest};
 
 use crate::config::{self, ConfigError, Source};
@@ -176,17 +177,24 @@ impl DevBootstrap {
     }
 }
 
-/// What `migrate` and `all` call after migrating: nothing unless enabled,
-/// exit 2 (a [`ConfigError`]) when a credential is set without the switch.
-pub async fn run(src: &dyn Source, pool: &PgPool) -> anyhow::Result<()> {
-    let Some(bootstrap) = DevBootstrap::load(src)? else {
-        return Ok(());
-    };
-    let keys = match &bootstrap.access_key {
-        Some(_) => Some(Keys::derive(&config::require_secret(src)?)),
-        None => None,
-    };
-    bootstrap.apply(pool, keys.as_ref()).await
+/// What `run` in src/cli.rs asks before any command: `Err` (exit 2) when a
+/// credential is set without the switch, whatever the command;
+/// `Some` when the command is `migrate` and the switch is on.
+pub fn for_command(migrate: bool, src: &dyn Source) -> Result<Option<DevBootstrap>, ConfigError> {
+    let bootstrap = DevBootstrap::load(src)?;
+    Ok(bootstrap.filter(|_| migrate))
+}
+
+impl DevBootstrap {
+    /// After `migrate` has applied the migrations.
+    pub async fn run(&self, src: &dyn Source, common: &config::Common) -> anyhow::Result<()> {
+        let keys = match &self.access_key {
+            Some(_) => Some(Keys::derive(&config::require_secret(src)?)),
+            None => None,
+        };
+        let pool = db::pool(&common.db())?;
+        self.apply(&pool, keys.as_ref()).await
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +280,16 @@ mod tests {
             e.insert(SWITCH.to_owned(), "TRUE".to_owned());
             assert_eq!(DevBootstrap::load(&e).unwrap_err().var, *var, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn only_migrate_applies_it_but_every_command_refuses() {
+        let on = env(&[(SWITCH, "true"), (TOKEN, TOKEN_VALUE)]);
+        assert!(for_command(true, &on).unwrap().is_some());
+        assert!(for_command(false, &on).unwrap().is_none());
+        let refused = env(&[(TOKEN, TOKEN_VALUE)]);
+        assert_eq!(for_command(true, &refused).unwrap_err().var, TOKEN);
+        assert_eq!(for_command(false, &refused).unwrap_err().var, TOKEN);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The development bootstrap (src/dev_bootstrap.rs): `verimail migrate`
 //! with `VERIMAIL_DEV_BOOTSTRAP=true` makes the `VERIMAIL_DEV_*` token and
-//! AK/SK work, idempotently; without the switch it refuses them (exit 2).
+//! AK/SK work, idempotently; without the switch every command refuses them
+//! (exit 2).
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,9 +17,18 @@ const AK: &str = "DEVTESTACCESSKEY0000";
 const SK: &str = "devTestSecretKey0000000000000000000000000";
 
 fn migrate(db_url: &str, prefix: &str, vars: &[(&str, &str)]) -> std::process::Output {
+    verimail(&["migrate"], db_url, prefix, vars)
+}
+
+fn verimail(
+    args: &[&str],
+    db_url: &str,
+    prefix: &str,
+    vars: &[(&str, &str)],
+) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_verimail"));
     command
-        .arg("migrate")
+        .args(args)
         .env_remove("VERIMAIL_DEV_BOOTSTRAP")
         .env_remove("VERIMAIL_DEV_PARTNER_ID")
         .env_remove("VERIMAIL_DEV_TOKEN")
@@ -54,6 +64,19 @@ async fn migrate_makes_the_dev_credentials_live_only_when_enabled() {
             "{stderr}"
         );
     }
+    // Any command, not only migrate: the intake refuses to start.
+    let out = verimail(
+        &["intake"],
+        &db.url,
+        &prefix,
+        &[("VERIMAIL_DEV_SECRET_KEY", SK)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid VERIMAIL_DEV_SECRET_KEY"),
+        "{stderr}"
+    );
     assert_eq!(db.count("SELECT count(*) FROM tokens").await, 0);
 
     let enabled = [
