@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The verimail image: one binary whose first argument picks the role.
 #
 #   docker build -t verimail .
@@ -18,7 +16,14 @@
 #   runtime  Debian slim with CA certificates, a non-root user and the binary.
 
 # Builder and runtime must be the same Debian release: the binary links
-# against the builder's glibc.
+# against the builder's glibc. Both are build arguments so that a machine
+# without an image registry can build this same file from local images:
+# scripts/compose-e2e.sh (CI) passes a Debian bookworm made by debootstrap as
+# RUNTIME_IMAGE and, as RUST_IMAGE, that base plus the machine's own Rust
+# toolchain and crates cache with CARGO_NET_OFFLINE=true
+# (.ci/compose/rust-builder/Dockerfile). Plain Dockerfile syntax, no
+# `# syntax=` line and no BuildKit-only feature: the classic builder
+# (DOCKER_BUILDKIT=0) and BuildKit build it alike, offline too.
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
@@ -89,5 +94,11 @@ ENV VERIMAIL_LISTEN=0.0.0.0:8080 \
 # 8080: intake HTTP API (with /healthz, /readyz, /metrics);
 # 9091: worker Prometheus /metrics.
 EXPOSE 8080 9091
+# Whatever the role: healthy when the process answers /healthz on one of its
+# ports (the intake on VERIMAIL_LISTEN, the worker on
+# VERIMAIL_METRICS_LISTEN). bash's /dev/tcp, as the image has no curl.
+# docker-compose.yml sets stricter per-role checks (the intake's /readyz).
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=12 \
+    CMD ["bash", "-c", "for addr in \"${VERIMAIL_LISTEN}\" \"${VERIMAIL_METRICS_LISTEN}\"; do (exec 3<>\"/dev/tcp/127.0.0.1/${addr##*:}\" && printf 'GET /healthz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 ') 2>/dev/null && exit 0; done; exit 1"]
 ENTRYPOINT ["verimail"]
 CMD ["--help"]

@@ -110,6 +110,8 @@ fn print(value: serde_json::Value) {
 
 async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
     let common = config::Common::load(env)?;
+    let dev_bootstrap =
+        crate::dev_bootstrap::for_command(matches!(command, Command::Migrate), env)?;
     match command {
         Command::Migrate => {
             db::create_database_if_missing(&common.database_url).await?;
@@ -238,6 +240,9 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             }
             print(json!({"revoked": true}));
         }
+    }
+    if let Some(bootstrap) = dev_bootstrap {
+        bootstrap.run(env, &common).await?;
     }
     Ok(())
 }

@@ -148,6 +148,32 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("RUST_LOG", "info", "log filter"),
     ("VERIMAIL_LOG_FORMAT", "text", "text or json"),
+    // DEVELOPMENT ONLY (src/dev_bootstrap.rs): applied by `migrate`.
+    (
+        "VERIMAIL_DEV_BOOTSTRAP",
+        "",
+        "DEVELOPMENT ONLY: true lets migrate make the VERIMAIL_DEV_* partner and credentials live; without it every command refuses them",
+    ),
+    (
+        "VERIMAIL_DEV_PARTNER_ID",
+        "00000000-0000-4000-8000-000000000001",
+        "DEVELOPMENT ONLY: id of the bootstrap partner (32 hex digits without dashes: the SDK's domain_id)",
+    ),
+    (
+        "VERIMAIL_DEV_TOKEN",
+        "",
+        "DEVELOPMENT ONLY: an X-Auth-Token accepted for the bootstrap partner",
+    ),
+    (
+        "VERIMAIL_DEV_ACCESS_KEY",
+        "",
+        "DEVELOPMENT ONLY: an access key (AK) of the bootstrap partner",
+    ),
+    (
+        "VERIMAIL_DEV_SECRET_KEY",
+        "",
+        "DEVELOPMENT ONLY: the secret key (SK) of VERIMAIL_DEV_ACCESS_KEY",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

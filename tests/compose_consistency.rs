@@ -4,6 +4,12 @@
 //! must name every variable it reads. A setting renamed on one side only
 //! fails here with the variable's name.
 //!
+//! Also: the CI override (.ci/compose/docker-compose.ci.yml) only swaps
+//! images for services the shipped file has, and the development bootstrap
+//! credentials, the mail catcher's API and ports are the same in
+//! docker-compose.yml, README.md and scripts/compose-e2e.sh (the test CI
+//! runs), so that the README's compose e2e example is what CI exercises.
+//!
 //! Needs no Docker: the compose file is read as YAML, the subcommands are
 //! checked by running the freshly built binary with `--help`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -452,22 +458,21 @@ fn compose_wiring_matches_the_services() {
                     addr.port()
                 ));
             }
-            if var == "VERIMAIL_LISTEN" {
-                let port = addr.port();
-                if !service.container_ports.contains(&port) {
-                    problems.push(format!(
-                        "service `{name}` listens on port {port} ({var}) but publishes {:?}",
-                        service.container_ports
-                    ));
-                }
-                if !service.healthcheck.contains(&format!("/{port}"))
-                    && !service.healthcheck.contains(&format!(":{port}"))
-                {
-                    problems.push(format!(
-                        "service `{name}` listens on port {port} ({var}) but its healthcheck does not use that port: {}",
-                        service.healthcheck
-                    ));
-                }
+            let port = addr.port();
+            if var == "VERIMAIL_LISTEN" && !service.container_ports.contains(&port) {
+                problems.push(format!(
+                    "service `{name}` listens on port {port} ({var}) but publishes {:?}",
+                    service.container_ports
+                ));
+            }
+            // Every long-running role has a health check, on its own port.
+            if !service.healthcheck.contains(&format!("/{port}"))
+                && !service.healthcheck.contains(&format!(":{port}"))
+            {
+                problems.push(format!(
+                    "service `{name}` listens on port {port} ({var}) but its healthcheck does not use that port: {}",
+                    service.healthcheck
+                ));
             }
         }
     }
@@ -535,4 +540,184 @@ fn readme_documents_every_variable() {
         })
         .collect();
     assert_no_problems("README.md against src/config.rs", &problems);
+}
+
+// --- the CI override, the dev bootstrap and the mail catcher ------------------
+
+fn yaml(file: &str) -> Value {
+    // `!reset` / `!override` are Compose's merge tags; as YAML they are tags
+    // on ordinary values.
+    let mut value: Value =
+        serde_yaml_ng::from_str(&read(file)).unwrap_or_else(|e| panic!("{file} is YAML: {e}"));
+    value.apply_merge().expect("YAML merge keys resolve");
+    value
+}
+
+fn untagged(value: &Value) -> &Value {
+    match value {
+        Value::Tagged(tagged) => &tagged.value,
+        other => other,
+    }
+}
+
+#[test]
+fn ci_override_only_swaps_images_of_the_shipped_services() {
+    let shipped = compose();
+    let shipped = shipped.get("services").and_then(Value::as_mapping).unwrap();
+    let ci = yaml(".ci/compose/docker-compose.ci.yml");
+    let known = known();
+    let mut problems = Vec::new();
+    let allowed = ["image", "build", "ports", "environment"];
+    for (name, service) in ci.get("services").and_then(Value::as_mapping).unwrap() {
+        let name = scalar(name);
+        let Some(base) = shipped.get(name.as_str()) else {
+            problems.push(format!(
+                "the CI override has service `{name}`, which docker-compose.yml does not"
+            ));
+            continue;
+        };
+        for (key, value) in service.as_mapping().unwrap() {
+            let key = scalar(key);
+            if !allowed.contains(&key.as_str()) {
+                problems.push(format!(
+                    "the CI override changes `{key}` of `{name}`; it may only change {allowed:?}, \
+                     so that CI runs the shipped stack"
+                ));
+            }
+            if key == "build" && !uses_verimail_image(base) {
+                problems.push(format!(
+                    "the CI override builds `{name}`, which is not verimail"
+                ));
+            }
+            if key == "environment" {
+                for (var, _) in untagged(value).as_mapping().into_iter().flatten() {
+                    let var = scalar(var);
+                    if is_verimail_setting(&var) && !known.contains(var.as_str()) {
+                        problems.push(format!(
+                            "the CI override sets {var} for `{name}`, which verimail does not read"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert_no_problems(".ci/compose/docker-compose.ci.yml", &problems);
+}
+
+/// `NAME=value` assignments at the top of a shell script.
+fn shell_constant(script: &str, name: &str) -> Option<String> {
+    read(script)
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_owned))
+}
+
+#[test]
+fn dev_bootstrap_credentials_agree_everywhere() {
+    let compose = compose();
+    let migrate = compose
+        .get("services")
+        .and_then(|s| s.get("migrate"))
+        .expect("docker-compose.yml has a migrate service");
+    let env = |var: &str| {
+        migrate
+            .get("environment")
+            .and_then(|e| e.get(var))
+            .map(scalar)
+            .unwrap_or_default()
+    };
+    let mut problems = Vec::new();
+    if env("VERIMAIL_DEV_BOOTSTRAP") != "true" {
+        problems.push("migrate does not set VERIMAIL_DEV_BOOTSTRAP: \"true\"".to_owned());
+    }
+    let partner = match env("VERIMAIL_DEV_PARTNER_ID") {
+        p if p.is_empty() => verimail::config::default_of("VERIMAIL_DEV_PARTNER_ID").to_owned(),
+        p => p,
+    };
+    let domain_id = partner.replace('-', "");
+    let readme = read("README.md");
+    let script = "scripts/compose-e2e.sh";
+    for (var, value, constant) in [
+        ("VERIMAIL_DEV_TOKEN", env("VERIMAIL_DEV_TOKEN"), "DEV_TOKEN"),
+        (
+            "VERIMAIL_DEV_ACCESS_KEY",
+            env("VERIMAIL_DEV_ACCESS_KEY"),
+            "DEV_AK",
+        ),
+        (
+            "VERIMAIL_DEV_SECRET_KEY",
+            env("VERIMAIL_DEV_SECRET_KEY"),
+            "DEV_SK",
+        ),
+        ("domain_id", domain_id, "DEV_DOMAIN_ID"),
+    ] {
+        if value.is_empty() {
+            problems.push(format!("migrate in docker-compose.yml does not set {var}"));
+            continue;
+        }
+        if !readme.contains(&format!("`{value}`")) {
+            problems.push(format!(
+                "README.md does not show {var} as `{value}` (docker-compose.yml's migrate)"
+            ));
+        }
+        if shell_constant(script, constant).as_deref() != Some(value.as_str()) {
+            problems.push(format!(
+                "{script}: {constant} is {:?}, docker-compose.yml's migrate has {var}={value}",
+                shell_constant(script, constant)
+            ));
+        }
+    }
+    assert_no_problems("development bootstrap credentials", &problems);
+}
+
+#[test]
+fn mail_catcher_api_is_where_the_readme_and_the_test_read_it() {
+    let compose = compose();
+    let services = compose.get("services").and_then(Value::as_mapping).unwrap();
+    let mut problems = Vec::new();
+    // The host the workers' SMTP_URL names is the catcher.
+    let smtp = verimail_services(&compose, &mut problems)
+        .into_iter()
+        .find(|s| s.role() == "worker")
+        .and_then(|s| s.env.get("SMTP_URL").cloned())
+        .expect("the worker has SMTP_URL");
+    let smtp = url::Url::parse(&smtp).unwrap();
+    let host = smtp.host_str().unwrap().to_owned();
+    let catcher = services
+        .get(host.as_str())
+        .expect("SMTP_URL names a service");
+    let image = catcher.get("image").map(scalar).unwrap_or_default();
+    if !image.starts_with("maildev/maildev:") {
+        problems.push(format!(
+            "the catcher `{host}` runs {image}; README.md, the CI stand-in \
+             (.ci/compose/maildev) and scripts/compose-e2e.sh speak MailDev's API"
+        ));
+    }
+    let version = image.rsplit(':').next().unwrap_or("");
+    let lock = read(".ci/compose/maildev/package.json");
+    if !lock.contains(&format!("\"maildev\": \"{version}\"")) {
+        problems.push(format!(
+            "the CI stand-in's .ci/compose/maildev/package.json does not pin maildev {version}"
+        ));
+    }
+    let published: Vec<String> = match catcher.get("ports") {
+        Some(Value::Sequence(ports)) => ports.iter().map(scalar).collect(),
+        _ => Vec::new(),
+    };
+    if !published.iter().any(|p| p == "127.0.0.1:1080:1080") {
+        problems.push(format!(
+            "`{host}` does not publish its web API as 127.0.0.1:1080:1080: {published:?}"
+        ));
+    }
+    let api = "http://127.0.0.1:1080/email?to.address=";
+    if !read("README.md").contains(api) {
+        problems.push(format!(
+            "README.md does not show the catcher's API call {api}…"
+        ));
+    }
+    if shell_constant("scripts/compose-e2e.sh", "MAIL_API").as_deref()
+        != Some("http://127.0.0.1:1080")
+    {
+        problems.push("scripts/compose-e2e.sh does not read mail at http://127.0.0.1:1080".into());
+    }
+    assert_no_problems("mail catcher", &problems);
 }
