@@ -236,7 +236,10 @@ async fn slow_clients_are_closed_and_do_not_starve_a_real_one() {
         let mut buf = [0u8; 512];
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         // EOF or a reset, before the deadline: the server hung up.
-        if tokio::time::timeout(left, socket.read(&mut buf)).await.is_ok() {
+        if tokio::time::timeout(left, socket.read(&mut buf))
+            .await
+            .is_ok()
+        {
             closed += 1;
         }
     }

@@ -440,3 +440,46 @@ async fn the_official_python_sdk_gets_a_204_and_readable_errors() {
     assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 1);
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_replayed_signed_send_creates_no_second_dispatch() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
+    let key = key(&db, AccountKind::Partner, false).await;
+    let body = valid_body("replayed@example.com");
+    let at = OffsetDateTime::now_utc();
+
+    let first = signed_send(&intake, &key, &key.sk, &body, at, None).await;
+    // The captured request, sent again byte for byte, twice.
+    let again = signed_send(&intake, &key, &key.sk, &body, at, None).await;
+    let third = signed_send(&intake, &key, &key.sk, &body, at, None).await;
+    assert_eq!((first.status, again.status, third.status), (204, 204, 204));
+    assert_eq!(
+        again.request_id, first.request_id,
+        "the first answer, again"
+    );
+    assert_eq!(third.request_id, first.request_id);
+    assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 1);
+    assert_eq!(
+        broker.drain_dispatches().await.len(),
+        1,
+        "one message, one mail"
+    );
+
+    // A new signature (the SDK signs each request anew) is a new send.
+    let later = signed_send(
+        &intake,
+        &key,
+        &key.sk,
+        &body,
+        at + time::Duration::seconds(1),
+        None,
+    )
+    .await;
+    assert_eq!(later.status, 204);
+    assert_ne!(later.request_id, first.request_id);
+    assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 2);
+    broker.cleanup().await;
+}

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod error;
+pub mod replays;
 pub mod request_id;
 pub mod routes;
 pub mod serve;

@@ -28,7 +28,10 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
     async move {
         let started = std::time::Instant::now();
         let mut response = next.run(request).await;
-        if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        // A repeated send answers with the first one's id (routes/send.rs).
+        if !response.headers().contains_key(HEADER)
+            && let Ok(value) = HeaderValue::from_str(&id.to_string())
+        {
             response.headers_mut().insert(HEADER, value);
         }
         let code = response

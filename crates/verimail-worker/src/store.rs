@@ -310,3 +310,18 @@ pub async fn overdue(pool: &PgPool, grace: Duration, limit: i64) -> anyhow::Resu
     .await
     .context("finding overdue dispatches")
 }
+
+/// Forgets remembered send answers past their 24-hour window
+/// (migrations/0005), a batch at a time.
+pub async fn prune_replays(pool: &PgPool) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM send_replays WHERE ctid IN (
+            SELECT ctid FROM send_replays
+             WHERE created_at < now() - interval '24 hours'
+             LIMIT 5000)",
+    )
+    .execute(pool)
+    .await
+    .context("pruning remembered send answers")?;
+    Ok(done.rows_affected())
+}

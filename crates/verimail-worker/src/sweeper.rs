@@ -32,6 +32,9 @@ pub async fn run(
         if let Err(error) = sweep(&processor, &publisher).await {
             tracing::warn!(error = format!("{error:#}"), "sweep failed; will try again");
         }
+        if let Err(error) = store::prune_replays(&processor.pool).await {
+            tracing::warn!(error = format!("{error:#}"), "pruning send answers failed");
+        }
     }
 }
 

@@ -35,6 +35,9 @@ const STALE_IF_ERROR: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub partner_id: Uuid,
+    /// The request's SDK-HMAC-SHA256 signature, when it was signed: the
+    /// same bytes replayed carry the same signature.
+    pub signature: Option<[u8; 32]>,
 }
 
 /// The account behind a credential, as last read from Postgres.
@@ -117,8 +120,12 @@ impl Authenticator {
                 .to_str()
                 .map_err(|_| unauthenticated("the Authorization header is malformed"))?;
             if value.trim_start().starts_with("SDK-") {
-                let account = self.signed(request, value).await?;
-                return admit(&account);
+                let (account, signature) = self.signed(request, value).await?;
+                let caller = admit(&account)?;
+                return Ok(Caller {
+                    signature: Some(signature),
+                    ..caller
+                });
             }
         }
         match request
@@ -190,7 +197,7 @@ impl Authenticator {
         &self,
         request: &Presented<'_>,
         authorization: &str,
-    ) -> Result<Account, ApiError> {
+    ) -> Result<(Account, [u8; 32]), ApiError> {
         let parsed = verimail_core::sdk_signature::parse_authorization(authorization)
             .map_err(|e| unauthenticated(&e.to_string()))?;
         let (account, secret) = self.access_key(&parsed.access_key).await?;
@@ -201,7 +208,10 @@ impl Authenticator {
             .map_err(|e| unauthenticated(&e))?;
         signature::check_domain(request.headers, account.partner_id)
             .map_err(|e| unauthenticated(&e))?;
-        Ok(account)
+        let mut signature = [0u8; 32];
+        hex::decode_to_slice(&parsed.signature, &mut signature)
+            .map_err(|_| unauthenticated("the signature is malformed"))?;
+        Ok((account, signature))
     }
 }
 
@@ -256,6 +266,7 @@ fn admit(account: &Account) -> Result<Caller, ApiError> {
     }
     Ok(Caller {
         partner_id: account.partner_id,
+        signature: None,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -12,7 +12,8 @@ use verimail_core::publisher::Route;
 use verimail_core::{ErrorCode, SendRequest};
 
 use crate::error::{ApiError, Result};
-use crate::request_id::RequestId;
+use crate::replays;
+use crate::request_id::{self, RequestId};
 use crate::routes::AuthenticatedJson;
 use crate::state::AppState;
 use crate::store::{self, Admission, NewDispatch};
@@ -20,15 +21,69 @@ use crate::store::{self, Admission, NewDispatch};
 pub async fn send(
     State(state): State<AppState>,
     Extension(RequestId(id)): Extension<RequestId>,
+    headers: HeaderMap,
     AuthenticatedJson { caller, body }: AuthenticatedJson,
 ) -> Result<Response> {
-    let request = SendRequest::parse(&body)?;
-    tracing::debug!(partner_id = %caller.partner_id, email = request.email.redacted(), "send accepted for checks");
+    let key = replays::key_of(headers.get(replays::HEADER), caller.signature).map_err(|why| {
+        ApiError::with_message(
+            ErrorCode::ParameterError,
+            format!("Parameter error. {why}."),
+        )
+    })?;
+    let Some(key) = key else {
+        return send_once(state, id, caller.partner_id, &body).await;
+    };
+    let partner_id = caller.partner_id;
+    match replays::claim(&state.pool, partner_id, &key, &body, id).await? {
+        replays::Claim::First => {
+            // In a task, so the answer is remembered even if the client hangs
+            // up (otherwise every repeat would wait on a first that never ends).
+            let task = tokio::spawn(
+                async move {
+                    let pool = state.pool.clone();
+                    let result = send_once(state, id, partner_id, &body).await;
+                    let accepted = result.is_ok();
+                    if let Err(error) = replays::record(&pool, partner_id, &key, id, accepted).await
+                    {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "remembering the answer failed"
+                        );
+                    }
+                    result
+                }
+                .in_current_span(),
+            );
+            task.await
+                .map_err(|e| anyhow::anyhow!("the send task failed: {e}"))?
+        }
+        replays::Claim::Repeat(first) => {
+            tracing::info!(first = %first.dispatch_id, "a repeated send; answered as the first");
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            if let Ok(value) = HeaderValue::from_str(&first.dispatch_id.to_string()) {
+                response.headers_mut().insert(request_id::HEADER, value);
+            }
+            Ok(response)
+        }
+        replays::Claim::OtherBody => Err(ApiError::with_message(
+            ErrorCode::ParameterError,
+            "Parameter error. This Idempotency-Key was used with another body.",
+        )),
+        replays::Claim::InProgress => Err(ApiError::with_message(
+            ErrorCode::ParameterError,
+            "Parameter error. A request with this Idempotency-Key is still in progress; try again.",
+        )),
+    }
+}
+
+async fn send_once(state: AppState, id: Uuid, partner_id: Uuid, body: &[u8]) -> Result<Response> {
+    let request = SendRequest::parse(body)?;
+    tracing::debug!(%partner_id, email = request.email.redacted(), "send accepted for checks");
     // Recording and hand-off run in a task of their own: a client that hangs
     // up drops this handler, but must not strand a dispatch that was already
     // committed (it is still published, or marked failed, at once).
     let task = tokio::spawn(
-        async move { record_and_hand_off(&state, id, caller.partner_id, &request).await }
+        async move { record_and_hand_off(&state, id, partner_id, &request).await }
             .instrument(tracing::Span::current()),
     );
     task.await
