@@ -95,6 +95,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "where .eml files go when SMTP_URL is unset",
     ),
     (
+        "VERIMAIL_OUTBOX_RETENTION",
+        "1h",
+        "how long .eml files (which hold plain codes) stay in the outbox",
+    ),
+    (
         "VERIMAIL_MAIL_FROM",
         "verimail <no-reply@verimail.localhost>",
         "sender mailbox",
@@ -393,6 +398,7 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 pub struct Worker {
     pub smtp_url: Option<SecretUrl>,
     pub outbox: PathBuf,
+    pub outbox_retention: Duration,
     pub mail_from: Mailbox,
     pub brand: String,
     pub prefetch: u16,
@@ -410,6 +416,7 @@ impl Worker {
         Ok(Self {
             smtp_url: src.get("SMTP_URL").map(SecretUrl::new),
             outbox: read(src, "VERIMAIL_OUTBOX", |s| Ok(PathBuf::from(s)))?,
+            outbox_retention: read(src, "VERIMAIL_OUTBOX_RETENTION", duration)?,
             mail_from: read(src, "VERIMAIL_MAIL_FROM", |s| {
                 s.parse::<Mailbox>()
                     .map_err(|e| format!("not a mailbox: {e}"))
@@ -465,6 +472,7 @@ impl Worker {
             ),
             smtp_url: self.smtp_url.clone(),
             outbox: self.outbox.clone(),
+            outbox_retention: self.outbox_retention,
             smtp_connections: self.smtp_connections,
             smtp_timeout: self.smtp_timeout,
             shutdown_grace: common.shutdown_grace,

@@ -290,3 +290,70 @@ async fn a_64_kib_header_is_refused() {
     assert_eq!(reply.status().as_u16(), 431);
     stack.broker.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_files_are_private_and_removed_after_their_retention() {
+    use std::os::unix::fs::PermissionsExt;
+    let stack = Stack::start().await;
+    let mut settings = worker_settings(&stack.prefix, None);
+    settings.outbox_retention = Duration::from_secs(1);
+    settings.sweep_interval = Duration::from_millis(300);
+    let outbox = settings.outbox.clone();
+    let worker = TestWorker::spawn(settings, &stack.db.url).await;
+    let reply = stack
+        .intake
+        .send(&stack.partner.token, &valid_body("private@example.com"))
+        .await;
+    let id: uuid::Uuid = reply.request_id.unwrap().parse().unwrap();
+    wait_status(&stack.db.pool, id, &["sent"], Duration::from_secs(10)).await;
+
+    let dir_mode = std::fs::metadata(&outbox).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o077, 0, "outbox {dir_mode:o}");
+    let files: Vec<_> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "no group or other bits: {mode:o}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&outbox).unwrap().next().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the .eml file stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await.unwrap();
+    std::fs::remove_dir_all(outbox).ok();
+    stack.broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_550_quoting_the_address_leaves_no_full_address_in_last_error() {
+    use verimail_testkit::smtp_sink::Behaviour;
+    let stack = Stack::start().await;
+    let sink = SmtpSink::start().await;
+    sink.set_default(Behaviour::RejectRcpt(
+        "550 5.1.1 <quoted.victim@example.com>: Recipient address rejected".into(),
+    ));
+    let worker = TestWorker::spawn(
+        worker_settings(&stack.prefix, Some(sink.url())),
+        &stack.db.url,
+    )
+    .await;
+    let reply = stack
+        .intake
+        .send(
+            &stack.partner.token,
+            &valid_body("quoted.victim@example.com"),
+        )
+        .await;
+    let id: uuid::Uuid = reply.request_id.unwrap().parse().unwrap();
+    let (_, _, last_error) =
+        wait_status(&stack.db.pool, id, &["failed"], Duration::from_secs(10)).await;
+    let last_error = last_error.unwrap();
+    assert!(last_error.contains("550"), "{last_error}");
+    assert!(!last_error.contains("quoted.victim@"), "{last_error}");
+    assert!(last_error.contains("q***@example.com"), "{last_error}");
+    worker.stop().await.unwrap();
+    stack.broker.cleanup().await;
+}

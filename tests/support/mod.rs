@@ -337,6 +337,7 @@ pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worke
         ),
         smtp_url: smtp_url.map(SecretUrl::new),
         outbox: std::env::temp_dir().join(format!("vm-outbox-{prefix}")),
+        outbox_retention: Duration::from_secs(3600),
         smtp_connections: 4,
         smtp_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),

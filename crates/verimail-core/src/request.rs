@@ -142,6 +142,30 @@ fn is_format_char(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
+/// Hides the local part of every address in a text (SMTP replies often
+/// quote the recipient: `550 5.1.1 <victim@x.example>: unknown user`).
+pub fn redact_addresses(text: &str) -> String {
+    let is_part = |c: char| !c.is_whitespace() && !"<>()[],;:\"'".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let start = rest[..at]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !is_part(*c))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let end = rest[at..]
+            .char_indices()
+            .find(|(_, c)| !is_part(*c))
+            .map_or(rest.len(), |(i, _)| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Hides the local part of an address for logs (`a***@example.com`).
 pub fn redact(address: &str) -> String {
     match address.rsplit_once('@') {
@@ -525,6 +549,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn addresses_in_smtp_replies_are_redacted() {
+        assert_eq!(
+            redact_addresses("550 5.1.1 <victim@x.example>: Recipient address rejected"),
+            "550 5.1.1 <v***@x.example>: Recipient address rejected"
+        );
+        assert_eq!(
+            redact_addresses("451 a@b.example and c.d@e.example busy"),
+            "451 a***@b.example and c***@e.example busy"
+        );
+        assert_eq!(redact_addresses("421 try later"), "421 try later");
     }
 
     #[test]

@@ -273,6 +273,7 @@ mod tests {
             mail: mail::MailSettings::new("t <t@example.com>".parse().expect("mailbox"), "t"),
             smtp_url: None,
             outbox: std::env::temp_dir(),
+            outbox_retention: Duration::from_secs(3600),
             smtp_connections: 1,
             smtp_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),

@@ -23,6 +23,8 @@ pub struct WorkerSettings {
     pub mail: MailSettings,
     pub smtp_url: Option<SecretUrl>,
     pub outbox: PathBuf,
+    /// How long `.eml` files stay in the outbox.
+    pub outbox_retention: Duration,
     pub smtp_connections: usize,
     pub smtp_timeout: Duration,
     pub shutdown_grace: Duration,

@@ -32,6 +32,14 @@ pub async fn run(
         if let Err(error) = sweep(&processor, &publisher).await {
             tracing::warn!(error = format!("{error:#}"), "sweep failed; will try again");
         }
+        match processor
+            .transport
+            .prune_outbox(processor.settings.outbox_retention)
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed old .eml files"),
+            Err(error) => tracing::warn!(error = %error, "pruning the outbox failed"),
+        }
         if let Err(error) = store::prune_replays(&processor.pool).await {
             tracing::warn!(error = format!("{error:#}"), "pruning send answers failed");
         }

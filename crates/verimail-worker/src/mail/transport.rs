@@ -58,6 +58,9 @@ impl Transport {
         let Some(url) = smtp_url else {
             std::fs::create_dir_all(outbox)
                 .with_context(|| format!("cannot create outbox {}", outbox.display()))?;
+            // The files hold plain codes: the service user's alone.
+            restrict(outbox, 0o700)
+                .with_context(|| format!("cannot restrict outbox {}", outbox.display()))?;
             return Ok(Self {
                 inner: Inner::Files {
                     dir: outbox.to_path_buf(),
@@ -85,15 +88,40 @@ impl Transport {
     /// Sends one message to its envelope recipients.
     pub async fn send(&self, msg: &Message) -> Result<(), SendError> {
         match &self.inner {
-            Inner::Files { transport, .. } => transport
-                .send_raw(msg.envelope(), &msg.formatted())
-                .await
-                .map(drop)
+            Inner::Files { transport, dir } => {
                 // A full disk or a permission problem can be fixed while the
                 // dispatch waits for its retry.
-                .map_err(|e| SendError::Transient(format!("writing to outbox: {e}"))),
+                let id = transport
+                    .send_raw(msg.envelope(), &msg.formatted())
+                    .await
+                    .map_err(|e| SendError::Transient(format!("writing to outbox: {e}")))?;
+                restrict(&dir.join(format!("{id}.eml")), 0o600)
+                    .map_err(|e| SendError::Transient(format!("restricting an outbox file: {e}")))
+            }
             Inner::Smtp(pool) => pool.send(msg.envelope(), &msg.formatted()).await,
         }
+    }
+
+    /// Removes `.eml` files older than `age` (they hold plain codes, and no
+    /// code lives longer than an hour); returns how many.
+    pub fn prune_outbox(&self, age: Duration) -> std::io::Result<usize> {
+        let Inner::Files { dir, .. } = &self.inner else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|e| e > age));
+            if old && path.extension().is_some_and(|e| e == "eml") {
+                std::fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Says goodbye to idle SMTP sessions; call on shutdown. Safe to call
@@ -251,4 +279,15 @@ mod tls_tests {
         assert!(err.reason().starts_with("STARTTLS: "), "{err}");
         assert!(implicit.messages().is_empty() && starttls.messages().is_empty());
     }
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
 }

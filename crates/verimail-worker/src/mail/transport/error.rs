@@ -60,11 +60,14 @@ pub(super) fn timed_out(step: &str, after: Duration) -> SendError {
     SendError::Transient(format!("{step}: timed out after {after:?}"))
 }
 
-/// `451 4.3.0 try later` for replies; lettre's own wording otherwise.
+/// `451 4.3.0 try later` for replies; lettre's own wording otherwise. Any
+/// address quoted in it is redacted: the text goes to `last_error`, which
+/// partners read, and to the logs.
 fn describe(e: &lettre::transport::smtp::Error) -> String {
-    match (e.status(), e.source()) {
+    let text = match (e.status(), e.source()) {
         (Some(code), Some(text)) => format!("{code} {text}"),
         (Some(code), None) => code.to_string(),
         _ => e.to_string(),
-    }
+    };
+    verimail_core::request::redact_addresses(&text)
 }
