@@ -357,3 +357,29 @@ async fn a_550_quoting_the_address_leaves_no_full_address_in_last_error() {
     worker.stop().await.unwrap();
     stack.broker.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_unknown_token_costs_no_database_round_trip() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let proxy = support::proxy::Proxy::start(target(&db.url)).await;
+    let mut settings = intake_settings(amqp_url(), &prefix);
+    settings.auth_cache_ttl = Duration::from_secs(5);
+    let intake = TestIntake::spawn(settings, &db.url_via(proxy.addr())).await;
+    let first = intake
+        .send("vmt_guessed", &valid_body("a@example.com"))
+        .await;
+    assert_eq!(first.error_code().as_deref(), Some("CBC.0154"));
+
+    // With Postgres out of reach, only a remembered answer can still say 401.
+    proxy.cut();
+    for _ in 0..200 {
+        let reply = intake
+            .send("vmt_guessed", &valid_body("a@example.com"))
+            .await;
+        assert_eq!(reply.error_code().as_deref(), Some("CBC.0154"), "{reply:?}");
+    }
+    proxy.restore();
+    broker.cleanup().await;
+}

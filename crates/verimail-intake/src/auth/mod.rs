@@ -31,6 +31,13 @@ pub const TOKEN_HEADER: &str = "x-auth-token";
 /// database blip answers what the request itself meets, not a 500 at the door.
 const STALE_IF_ERROR: Duration = Duration::from_secs(60);
 
+/// How long a credential that was not found is remembered as unknown. Tokens
+/// and keys are random, so none is issued after being tried; short anyway.
+const UNKNOWN_TTL: Duration = Duration::from_secs(30);
+
+/// Credential lookups in flight at once, per intake.
+const LOOKUPS_AT_ONCE: usize = 4;
+
 /// An authenticated partner allowed to call the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -63,6 +70,12 @@ pub struct Authenticator {
     keys: Keys,
     tokens: Cache<Vec<u8>, Account>,
     access_keys: Cache<String, (Account, Vec<u8>)>,
+    /// Credentials just looked up and not found (token digests, access keys
+    /// as bytes): a repeated unknown one costs no round trip.
+    unknown: Cache<Vec<u8>, ()>,
+    /// Lookups in flight at once: a flood of unknown credentials cannot take
+    /// more of the pool than this.
+    lookups: tokio::sync::Semaphore,
     max_skew: Duration,
 }
 
@@ -73,8 +86,27 @@ impl Authenticator {
             keys,
             tokens: Cache::new(cache_ttl),
             access_keys: Cache::new(cache_ttl),
+            unknown: Cache::new(if cache_ttl.is_zero() {
+                Duration::ZERO
+            } else {
+                UNKNOWN_TTL
+            }),
+            lookups: tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE),
             max_skew: verimail_core::sdk_signature::DEFAULT_MAX_SKEW,
         }
+    }
+
+    /// Runs a credential lookup within the in-flight bound.
+    async fn bounded<T>(
+        &self,
+        lookup: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let _permit = self
+            .lookups
+            .acquire()
+            .await
+            .map_err(|_| anyhow::anyhow!("the lookup limiter is closed"))?;
+        lookup.await
     }
 
     /// Drops a revoked credential from the cache.
@@ -148,12 +180,17 @@ impl Authenticator {
         let digest = secrets::token_digest(token);
         let account = match self.tokens.get(&digest) {
             Some(account) => account,
-            None => match lookup_token(&self.pool, &digest).await {
-                Ok(account) => {
-                    if let Some(account) = &account {
-                        self.tokens.put(digest, account.clone());
-                    }
-                    account.ok_or_else(|| unauthenticated("the token is not valid"))?
+            None if self.unknown.get(&digest).is_some() => {
+                return Err(unauthenticated("the token is not valid"));
+            }
+            None => match self.bounded(lookup_token(&self.pool, &digest)).await {
+                Ok(Some(account)) => {
+                    self.tokens.put(digest, account.clone());
+                    account
+                }
+                Ok(None) => {
+                    self.unknown.put(digest, ());
+                    return Err(unauthenticated("the token is not valid"));
                 }
                 Err(error) => self
                     .tokens
@@ -179,12 +216,21 @@ impl Authenticator {
         if let Some(found) = self.access_keys.get(&key) {
             return Ok(found);
         }
-        match signature::lookup_key(&self.pool, &self.keys, access_key).await {
-            Ok(found) => {
-                if let Some(found) = &found {
-                    self.access_keys.put(key, found.clone());
-                }
-                found.ok_or_else(|| unauthenticated("the access key is not valid"))
+        let unknown_key = key.as_bytes().to_vec();
+        if self.unknown.get(&unknown_key).is_some() {
+            return Err(unauthenticated("the access key is not valid"));
+        }
+        match self
+            .bounded(signature::lookup_key(&self.pool, &self.keys, access_key))
+            .await
+        {
+            Ok(Some(found)) => {
+                self.access_keys.put(key, found.clone());
+                Ok(found)
+            }
+            Ok(None) => {
+                self.unknown.put(unknown_key, ());
+                Err(unauthenticated("the access key is not valid"))
             }
             Err(error) => Ok(self
                 .access_keys
