@@ -50,6 +50,19 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
             .remove(key);
     }
 
+    /// Makes every entry miss `get` (it must be looked up again) while
+    /// `get_stale` may still fall back on it: for when revocations may have
+    /// been missed, but Postgres may also be away.
+    pub fn expire_all(&self) {
+        let Some(expired) = Instant::now().checked_sub(self.ttl) else {
+            return self.clear();
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for (at, _) in entries.values_mut() {
+            *at = (*at).min(expired);
+        }
+    }
+
     pub fn clear(&self) {
         self.entries
             .lock()
@@ -90,6 +103,15 @@ mod tests {
         assert_eq!(cache.get(&"k"), None);
         assert_eq!(cache.get_stale(&"k", Duration::from_secs(60)), Some(1));
         assert_eq!(cache.get_stale(&"k", Duration::from_millis(5)), None);
+    }
+
+    #[test]
+    fn expired_entries_miss_but_remain_a_fallback() {
+        let cache = Cache::new(Duration::from_secs(5));
+        cache.put("k", 1);
+        cache.expire_all();
+        assert_eq!(cache.get(&"k"), None);
+        assert_eq!(cache.get_stale(&"k", Duration::from_secs(60)), Some(1));
     }
 
     #[test]

@@ -123,6 +123,13 @@ impl Authenticator {
         self.access_keys.clear();
     }
 
+    /// Revocations may have been missed: ask Postgres again before trusting
+    /// a cached credential, but keep it as the fallback while Postgres is away.
+    fn expire_all(&self) {
+        self.tokens.expire_all();
+        self.access_keys.expire_all();
+    }
+
     /// What can be checked without the body: a token in full; for a signed
     /// request, the `Authorization` header's form and that its access key
     /// is live (the signature covers the body, so it cannot be verified).

@@ -2,8 +2,9 @@
 //! commands `NOTIFY` a channel in the same statement as their update, and
 //! each intake `LISTEN`s and drops the named credential from its cache. The
 //! cache keeps verified credentials for speed; this keeps it from outliving
-//! a revocation. A lost listener connection clears the caches, since
-//! notifications sent meanwhile are gone.
+//! a revocation. A lost listener connection expires the caches (every
+//! credential is looked up again), since notifications sent meanwhile are
+//! gone; the entries stay as the fallback while Postgres is away.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub fn spawn_listener(auth: Arc<Authenticator>, pool: PgPool) {
                     "revocation listener failed; retrying"
                 );
             }
-            auth.forget_all();
+            auth.expire_all();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
@@ -70,7 +71,7 @@ async fn listen(auth: &Authenticator, pool: &PgPool) -> anyhow::Result<()> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     // Anything revoked before we listened may still sit in the cache.
-    auth.forget_all();
+    auth.expire_all();
     loop {
         match listener.try_recv().await? {
             Some(notification) => match Revoked::parse(notification.payload()) {
@@ -79,7 +80,7 @@ async fn listen(auth: &Authenticator, pool: &PgPool) -> anyhow::Result<()> {
             },
             // The connection was lost (and is re-established by the next
             // call): notifications may have been missed.
-            None => auth.forget_all(),
+            None => auth.expire_all(),
         }
     }
 }
