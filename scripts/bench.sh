@@ -361,7 +361,7 @@ esac
 
 INTAKE_PORT=$(free_port)
 URL=http://127.0.0.1:$INTAKE_PORT
-VERIMAIL_LISTEN=127.0.0.1:$INTAKE_PORT VERIMAIL_METRICS_LISTEN=127.0.0.1:$(free_port) \
+VERIMAIL_LISTEN=127.0.0.1:$INTAKE_PORT VERIMAIL_INTAKE_METRICS_LISTEN=127.0.0.1:$(free_port) \
   start intake "$VERIMAIL" intake
 for _ in $(seq 100); do tcp_open 127.0.0.1 "$INTAKE_PORT" && break; alive intake; sleep 0.1; done
 tcp_open 127.0.0.1 "$INTAKE_PORT" || die "the intake does not listen on $INTAKE_PORT"

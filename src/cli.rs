@@ -138,7 +138,7 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
                 })?;
             tracing::info!(addr = %worker.metrics_listen, "worker metrics listening");
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let metrics = tokio::spawn(verimail_worker::metrics_server::serve(
+            let metrics = tokio::spawn(verimail_core::metrics_server::serve(
                 listener,
                 when_stopped(&stopped),
             ));

@@ -39,6 +39,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "address the intake listens on",
     ),
     (
+        "VERIMAIL_INTAKE_METRICS_LISTEN",
+        "127.0.0.1:9090",
+        "address of the intake's Prometheus /metrics (kept off the public API port)",
+    ),
+    (
         "VERIMAIL_HTTP_HEADER_TIMEOUT",
         "5s",
         "longest a client may take to send a request's headers, or to start the next request on a kept-alive connection",
@@ -134,7 +139,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "VERIMAIL_METRICS_LISTEN",
         "127.0.0.1:9091",
-        "address of the worker's Prometheus /metrics (the intake serves /metrics on its API port)",
+        "address of the worker's Prometheus /metrics",
     ),
     (
         "VERIMAIL_SHUTDOWN_GRACE",
@@ -335,6 +340,7 @@ pub fn require_secret(src: &dyn Source) -> Result<MasterSecret, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Intake {
     pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
@@ -349,6 +355,10 @@ impl Intake {
             listen: read(src, "VERIMAIL_LISTEN", |s| {
                 s.parse()
                     .map_err(|_| "expected HOST:PORT, like 127.0.0.1:8080".into())
+            })?,
+            metrics_listen: read(src, "VERIMAIL_INTAKE_METRICS_LISTEN", |s| {
+                s.parse()
+                    .map_err(|_| "expected HOST:PORT, like 127.0.0.1:9090".into())
             })?,
             header_timeout: read(src, "VERIMAIL_HTTP_HEADER_TIMEOUT", duration)?,
             body_timeout: read(src, "VERIMAIL_HTTP_BODY_TIMEOUT", duration)?,
@@ -369,6 +379,7 @@ impl Intake {
     pub fn settings(&self, common: &Common) -> verimail_intake::IntakeSettings {
         verimail_intake::IntakeSettings {
             listen: self.listen,
+            metrics_listen: Some(self.metrics_listen),
             amqp: verimail_intake::settings::AmqpSettings {
                 url: common.amqp_url.clone(),
                 prefix: common.amqp_prefix.clone(),

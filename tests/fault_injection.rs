@@ -179,6 +179,7 @@ impl Run {
             ("VERIMAIL_SWEEP_INTERVAL", "2s".into()),
             ("VERIMAIL_SWEEP_GRACE", "5s".into()),
             ("VERIMAIL_METRICS_LISTEN", "127.0.0.1:0".into()),
+            ("VERIMAIL_INTAKE_METRICS_LISTEN", "127.0.0.1:0".into()),
             ("RUST_LOG", "warn".into()),
         ];
         let env = |extra: &[(&str, String)]| -> Vec<(String, String)> {

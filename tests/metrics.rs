@@ -46,10 +46,22 @@ async fn requests_and_final_states_are_counted() {
     let id: uuid::Uuid = reply.request_id.unwrap().parse().unwrap();
     wait_status(&db.pool, id, &["sent"], Duration::from_secs(15)).await;
 
-    let scrape = Reply::read(
+    // Not on the public API port; on the intake's metrics listener.
+    let public = Reply::read(
         intake
             .client
             .get(intake.url("/metrics"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(public.status, 404);
+    let metrics_addr = intake.metrics_addr.unwrap();
+    let scrape = Reply::read(
+        intake
+            .client
+            .get(format!("http://{metrics_addr}/metrics"))
             .send()
             .await
             .unwrap(),
@@ -102,7 +114,7 @@ async fn requests_and_final_states_are_counted() {
     // The worker's own metrics port serves the same registry.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(verimail_worker::metrics_server::serve(
+    tokio::spawn(verimail_core::metrics_server::serve(
         listener,
         std::future::pending(),
     ));

@@ -118,6 +118,7 @@ pub fn fast_retries() -> Vec<Duration> {
 pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
     IntakeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         amqp: AmqpSettings {
             url: SecretUrl::new(amqp_url),
             prefix: prefix.to_owned(),
@@ -149,6 +150,7 @@ pub fn db_settings(url: &str) -> db::DbSettings {
 /// A running intake on a free port.
 pub struct TestIntake {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
 }
@@ -160,11 +162,13 @@ impl TestIntake {
             .await
             .unwrap();
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let task = tokio::spawn(async move {
             app.run_until(std::future::pending()).await.unwrap();
         });
         Self {
             addr,
+            metrics_addr,
             client: reqwest::Client::new(),
             task,
         }

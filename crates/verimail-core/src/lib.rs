@@ -8,6 +8,7 @@ pub mod db;
 pub mod error_code;
 pub mod message;
 pub mod metrics;
+pub mod metrics_server;
 pub mod publisher;
 pub mod request;
 pub mod sdk_signature;

@@ -45,6 +45,9 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
     pub listen: SocketAddr,
+    /// Where Prometheus `/metrics` is served (not on the API port); `None`
+    /// serves none.
+    pub metrics_listen: Option<SocketAddr>,
     pub amqp: AmqpSettings,
     pub rate_limit: RateLimit,
     pub code_length: usize,

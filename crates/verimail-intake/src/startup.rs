@@ -30,7 +30,6 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::with_message(ErrorCode::NotFound, "No such resource.") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed) })
         .layer(axum::middleware::from_fn(request_id::layer))
@@ -39,6 +38,7 @@ pub fn router(state: AppState) -> Router {
 
 pub struct Application {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     router: Router,
     limits: crate::serve::HttpLimits,
 }
@@ -50,6 +50,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         verimail_core::metrics::install();
+        let metrics = match settings.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
         let publisher = Arc::new(Publisher::new(PublisherSettings {
             url: settings.amqp.url.clone(),
             topology: Topology::new(settings.amqp.prefix.clone()),
@@ -83,6 +91,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            metrics,
             router: router(state),
             limits,
         })
@@ -94,14 +103,35 @@ impl Application {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then drains in-flight requests.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "intake listening");
-        crate::serve::serve(self.listener, self.router, self.limits, shutdown)
-            .await
-            .context("serving HTTP")
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let metrics = self.metrics.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "intake metrics listening");
+            }
+            let mut stopped = stopped.clone();
+            tokio::spawn(verimail_core::metrics_server::serve(listener, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
+        let served = crate::serve::serve(self.listener, self.router, self.limits, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await
+        .context("serving HTTP");
+        if let Some(metrics) = metrics {
+            metrics.await.context("metrics task")??;
+        }
+        served
     }
 }

@@ -3,7 +3,6 @@
 
 pub mod consumer;
 pub mod mail;
-pub mod metrics_server;
 pub mod process;
 pub mod settings;
 pub mod store;

@@ -9,15 +9,6 @@ use serde_json::{Value, json};
 
 use crate::state::AppState;
 
-/// Prometheus text format.
-pub async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    use verimail_core::metrics;
-    (
-        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(),
-    )
-}
-
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }

@@ -1,14 +1,16 @@
-//! The worker's HTTP listener: Prometheus `/metrics` and `/healthz` on
-//! `VERIMAIL_METRICS_LISTEN` (the worker has no API port).
+//! The metrics listener of every process: Prometheus `/metrics` and
+//! `/healthz`, on an address of its own (`VERIMAIL_METRICS_LISTEN` for a
+//! worker, `VERIMAIL_INTAKE_METRICS_LISTEN` for an intake), never on the
+//! public API port.
 
 use std::future::Future;
 
+use crate::metrics;
 use anyhow::Context;
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use verimail_core::metrics;
 
 pub fn router() -> Router {
     Router::new()
