@@ -9,6 +9,20 @@ use serde_json::{Value, json};
 
 use crate::state::AppState;
 
+/// The API's OpenAPI 3.1 document (`openapi.json` beside this crate's
+/// manifest, held to the router by `tests/openapi.rs`).
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+pub async fn openapi() -> (
+    [(axum::http::header::HeaderName, &'static str); 1],
+    &'static str,
+) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
