@@ -42,8 +42,8 @@ impl TryFrom<ClaimedRow> for Claimed {
     type Error = String;
 
     fn try_from(row: ClaimedRow) -> Result<Self, Self::Error> {
-        let email = Email::parse(&row.email)
-            .map_err(|e| format!("the stored address does not parse: {e}"))?;
+        let email = Email::parse_stored(&row.email)
+            .ok_or("the stored address does not parse as a canonical address")?;
         let lang = Lang::from_tag(&row.lang)
             .ok_or_else(|| format!("the stored language {:?} is unknown", row.lang))?;
         let ttl = CodeTtl::from_stored(i64::from(row.ttl_minutes))
