@@ -399,7 +399,10 @@ async fn the_official_python_sdk_gets_a_204_and_readable_errors() {
 
     let ok = run(key.sk.clone(), "sdk@example.com").await.unwrap();
     assert_eq!(ok["status_code"], 204, "{ok}");
-    let limited = run(key.sk.clone(), "sdk@example.com").await.unwrap();
+    // Another spelling of the same mailbox: another body, so another
+    // signature (the same bytes again would be a replay, answered as the
+    // first), but the same recipient for the rate limit.
+    let limited = run(key.sk.clone(), "SDK@Example.com").await.unwrap();
     assert_eq!(
         (
             limited["status_code"].as_i64(),
