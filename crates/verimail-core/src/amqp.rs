@@ -163,7 +163,7 @@ impl Topology {
         channel: &Channel,
         retry_delays: &[Duration],
     ) -> anyhow::Result<()> {
-        let (durable, queue_opts) = durable_options();
+        let (durable, _) = durable_options();
         channel
             .exchange_declare(
                 self.retry_exchange().into(),
@@ -175,7 +175,40 @@ impl Topology {
             .context("declaring the retry exchange")?;
         // Per-message TTLs expire only at the head of a queue; every wait
         // parked here is at most a lease long, so the head is never far behind.
+        self.declare_delay_queue(channel, &self.recheck_queue(), RECHECK_ROUTING_KEY, None)
+            .await
+            .context("declaring the re-check queue")?;
+        for delay in retry_delays {
+            self.declare_delay_queue(
+                channel,
+                &self.retry_queue(*delay),
+                &Self::retry_routing_key(*delay),
+                Some(*delay),
+            )
+            .await
+            .with_context(|| format!("declaring the retry queue for {delay:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// A queue without consumers, bound to the retry exchange under
+    /// `routing_key`: messages wait out their TTL (the queue's `ttl`, or their
+    /// own expiration), then dead-letter back to the dispatch exchange.
+    async fn declare_delay_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        routing_key: &str,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let (_, queue_opts) = durable_options();
         let mut args = FieldTable::default();
+        if let Some(ttl) = ttl {
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(ttl.as_millis() as i64),
+            );
+        }
         args.insert(
             "x-dead-letter-exchange".into(),
             string(&self.dispatch_exchange()),
@@ -185,50 +218,19 @@ impl Topology {
             string(DISPATCH_ROUTING_KEY),
         );
         channel
-            .queue_declare(self.recheck_queue().into(), queue_opts, args)
+            .queue_declare(name.into(), queue_opts, args)
             .await
-            .context("declaring the re-check queue")?;
+            .context("declaring")?;
         channel
             .queue_bind(
-                self.recheck_queue().into(),
+                name.into(),
                 self.retry_exchange().into(),
-                RECHECK_ROUTING_KEY.into(),
+                routing_key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .context("binding the re-check queue")?;
-        for delay in retry_delays {
-            // A delay queue has no consumer: messages wait out their TTL, then
-            // dead-letter back to the dispatch exchange.
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongLongInt(delay.as_millis() as i64),
-            );
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                string(&self.dispatch_exchange()),
-            );
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                string(DISPATCH_ROUTING_KEY),
-            );
-            channel
-                .queue_declare(self.retry_queue(*delay).into(), queue_opts, args)
-                .await
-                .with_context(|| format!("declaring the retry queue for {delay:?}"))?;
-            channel
-                .queue_bind(
-                    self.retry_queue(*delay).into(),
-                    self.retry_exchange().into(),
-                    Self::retry_routing_key(*delay).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .context("binding a retry queue")?;
-        }
+            .context("binding")?;
         Ok(())
     }
 }

@@ -134,38 +134,26 @@ impl Authenticator {
     /// request, the `Authorization` header's form and that its access key
     /// is live (the signature covers the body, so it cannot be verified).
     pub async fn authenticate_unsigned(&self, request: &Presented<'_>) -> Result<Caller, ApiError> {
-        let authorization = request.headers.get(axum::http::header::AUTHORIZATION);
-        if let Some(value) = authorization {
-            let value = value
-                .to_str()
-                .map_err(|_| unauthenticated("the Authorization header is malformed"))?;
-            if value.trim_start().starts_with("SDK-") {
-                let parsed = verimail_core::sdk_signature::parse_authorization(value)
-                    .map_err(|e| unauthenticated(&e.to_string()))?;
-                let (account, _) = self.access_key(&parsed.access_key).await?;
-                if account.revoked {
-                    return Err(unauthenticated("the access key has been revoked"));
-                }
-                return admit(&account);
+        if let Some(value) = sdk_authorization(request.headers)? {
+            let parsed = verimail_core::sdk_signature::parse_authorization(value)
+                .map_err(|e| unauthenticated(&e.to_string()))?;
+            let (account, _) = self.access_key(&parsed.access_key).await?;
+            if account.revoked {
+                return Err(unauthenticated("the access key has been revoked"));
             }
+            return admit(&account);
         }
         self.authenticate(request).await
     }
 
     pub async fn authenticate(&self, request: &Presented<'_>) -> Result<Caller, ApiError> {
-        let authorization = request.headers.get(axum::http::header::AUTHORIZATION);
-        if let Some(value) = authorization {
-            let value = value
-                .to_str()
-                .map_err(|_| unauthenticated("the Authorization header is malformed"))?;
-            if value.trim_start().starts_with("SDK-") {
-                let (account, signature) = self.signed(request, value).await?;
-                let caller = admit(&account)?;
-                return Ok(Caller {
-                    signature: Some(signature),
-                    ..caller
-                });
-            }
+        if let Some(value) = sdk_authorization(request.headers)? {
+            let (account, signature) = self.signed(request, value).await?;
+            let caller = admit(&account)?;
+            return Ok(Caller {
+                signature: Some(signature),
+                ..caller
+            });
         }
         match request
             .headers
@@ -321,6 +309,18 @@ fn admit(account: &Account) -> Result<Caller, ApiError> {
         partner_id: account.partner_id,
         signature: None,
     })
+}
+
+/// The `Authorization` header when it is an SDK signature; other schemes
+/// fall through to the token.
+fn sdk_authorization(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| unauthenticated("the Authorization header is malformed"))?;
+    Ok(value.trim_start().starts_with("SDK-").then_some(value))
 }
 
 fn unauthenticated(why: &str) -> ApiError {
