@@ -35,6 +35,15 @@ enum Command {
     Worker,
     /// Migrate, then run intake and worker in one process (the quick start).
     All,
+    /// Create upcoming partitions of `dispatches` and drop those past
+    /// VERIMAIL_RETENTION (workers do this by themselves, one at a time).
+    Maintain,
+    /// Erase every trace of one address: its dispatch rows in every
+    /// partition, their remembered answers, and outbox files naming it.
+    Forget {
+        #[arg(long)]
+        email: String,
+    },
     /// Manage partner accounts.
     #[command(subcommand)]
     Partner(PartnerCommand),
@@ -83,6 +92,9 @@ enum TokenCommand {
     /// Revoke a token.
     Revoke { token: String },
 }
+
+/// How long `verimail maintain` waits for a worker's run to finish.
+const MAINTAIN_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -187,6 +199,42 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             let _ = stop.send(true);
             intake_task.await.context("intake task")??;
             worker_task.await.context("worker task")??;
+        }
+        Command::Maintain => {
+            let policy = verimail_worker::maintenance::Policy {
+                retention: config::retention(env)?,
+            };
+            let pool = db::pool(&common.db_for_migrations())?;
+            let outcome =
+                verimail_worker::maintenance::maintain(&pool, policy, MAINTAIN_WAIT, None).await?;
+            let verimail_worker::maintenance::Outcome::Done(report) = outcome else {
+                anyhow::bail!(
+                    "another maintenance run held the lock for {}s; try again",
+                    MAINTAIN_WAIT.as_secs()
+                );
+            };
+            let dropped: Vec<_> = report
+                .dropped
+                .iter()
+                .map(|d| json!({"partition": d.partition, "bytes": d.bytes, "rows_estimate": d.rows_estimate}))
+                .collect();
+            let covered_until = report
+                .covered_until
+                .format(&time::format_description::well_known::Rfc3339)?;
+            print(json!({"created": report.created, "dropped": dropped,
+                         "partitions": report.partitions, "covered_until": covered_until}));
+        }
+        Command::Forget { email } => {
+            let email = verimail_core::Email::parse(&email)
+                .map_err(|rejection| anyhow::anyhow!("--email: {rejection}"))?;
+            let outbox = config::Worker::outbox(env)?;
+            let pool = db::pool(&common.db())?;
+            let erased = verimail_worker::erasure::forget(&pool, &email, Some(&outbox)).await?;
+            print(json!({"recipient": email.normalised(),
+                         "dispatch_rows": erased.dispatch_rows(),
+                         "partitions": erased.dispatches,
+                         "replay_records": erased.replays,
+                         "outbox_files": erased.outbox_files}));
         }
         Command::Partner(PartnerCommand::Create {
             name,

@@ -156,6 +156,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "60s",
         "how overdue an open dispatch must be before it is re-published (doubling per re-publish)",
     ),
+    (
+        "VERIMAIL_RETENTION",
+        "72h",
+        "how long dispatch rows are kept; whole daily partitions older than this are dropped (at least 25h: the rate limit's day plus a code's hour)",
+    ),
+    (
+        "VERIMAIL_MAINTENANCE_INTERVAL",
+        "1h",
+        "how often a worker creates upcoming partitions and drops expired ones, one worker at a time (0s: only `verimail maintain` does)",
+    ),
     ("RUST_LOG", "info", "log filter"),
     ("VERIMAIL_LOG_FORMAT", "text", "text or json"),
     // DEVELOPMENT ONLY (src/dev_bootstrap.rs): applied by `migrate`.
@@ -403,6 +413,22 @@ impl Intake {
     }
 }
 
+/// VERIMAIL_RETENTION, refused below what the rate limit and a code's life
+/// still read.
+pub fn retention(src: &dyn Source) -> Result<Duration, ConfigError> {
+    let least = verimail_worker::maintenance::LEAST_RETENTION;
+    read(src, "VERIMAIL_RETENTION", |s| {
+        let d = duration(s)?;
+        if d < least {
+            return Err(format!(
+                "must be at least {}: the rate limit looks back a day and a code lives up to an hour",
+                humantime::format_duration(least)
+            ));
+        }
+        Ok(d)
+    })
+}
+
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
@@ -420,9 +446,16 @@ pub struct Worker {
     pub metrics_listen: SocketAddr,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
+    pub retention: Duration,
+    pub maintenance_interval: Duration,
 }
 
 impl Worker {
+    /// VERIMAIL_OUTBOX alone (`verimail forget` needs no other setting).
+    pub fn outbox(src: &dyn Source) -> Result<PathBuf, ConfigError> {
+        read(src, "VERIMAIL_OUTBOX", |s| Ok(PathBuf::from(s)))
+    }
+
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
             smtp_url: src.get("SMTP_URL").map(SecretUrl::new),
@@ -444,6 +477,8 @@ impl Worker {
             })?,
             sweep_interval: read(src, "VERIMAIL_SWEEP_INTERVAL", duration)?,
             sweep_grace: read(src, "VERIMAIL_SWEEP_GRACE", duration)?,
+            retention: retention(src)?,
+            maintenance_interval: read(src, "VERIMAIL_MAINTENANCE_INTERVAL", duration)?,
         })
         .and_then(Self::checked)
     }
@@ -489,6 +524,8 @@ impl Worker {
             shutdown_grace: common.shutdown_grace,
             sweep_interval: self.sweep_interval,
             sweep_grace: self.sweep_grace,
+            retention: self.retention,
+            maintenance_interval: self.maintenance_interval,
         }
     }
 }

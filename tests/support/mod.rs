@@ -48,6 +48,13 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        let db = Self::unmigrated().await;
+        db::migrate(&db.pool).await.unwrap();
+        db
+    }
+
+    /// A database of its own with no schema yet (for migration tests).
+    pub async fn unmigrated() -> Self {
         let name = format!("vm_test_{}", Uuid::new_v4().simple());
         let admin = pg_admin_url();
         let mut conn = sqlx::PgConnection::connect(&admin)
@@ -64,7 +71,6 @@ impl TestDb {
             .connect(&url)
             .await
             .unwrap();
-        db::migrate(&pool).await.unwrap();
         Self { url, name, pool }
     }
 
@@ -347,6 +353,8 @@ pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worke
         shutdown_grace: Duration::from_secs(5),
         sweep_interval: Duration::from_secs(3600),
         sweep_grace: Duration::from_secs(60),
+        retention: Duration::from_secs(72 * 3600),
+        maintenance_interval: Duration::ZERO,
     }
 }
 

@@ -15,6 +15,11 @@ pub const DEAD_LETTERED: &str = "verimail_dead_lettered_total";
 pub const CLAIM_LAG: &str = "verimail_dispatch_claim_lag_seconds";
 pub const QUEUE_DEPTH: &str = "verimail_queue_depth";
 pub const SWEPT: &str = "verimail_swept_total";
+pub const MAINTENANCE_RUNS: &str = "verimail_maintenance_runs_total";
+pub const PARTITIONS_CREATED: &str = "verimail_partitions_created_total";
+pub const PARTITIONS_DROPPED: &str = "verimail_partitions_dropped_total";
+/// Seconds from now to the end of the partitions ready for new dispatches.
+pub const PARTITIONS_AHEAD: &str = "verimail_partitions_ready_ahead_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

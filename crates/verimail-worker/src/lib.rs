@@ -2,7 +2,9 @@
 //! recorded failure with its reason.
 
 pub mod consumer;
+pub mod erasure;
 pub mod mail;
+pub mod maintenance;
 pub mod process;
 pub mod settings;
 pub mod store;
@@ -71,8 +73,21 @@ pub async fn run_until(
         publisher.clone(),
         stopped.clone(),
     ));
+    let maintenance = (!processor.settings.maintenance_interval.is_zero()).then(|| {
+        tokio::spawn(maintenance::run_every(
+            processor.pool.clone(),
+            maintenance::Policy {
+                retention: processor.settings.retention,
+            },
+            processor.settings.maintenance_interval,
+            stopped.clone(),
+        ))
+    });
     let result = consumer::run(processor.clone(), publisher, stopped).await;
     sweeper.abort();
+    if let Some(maintenance) = maintenance {
+        maintenance.abort();
+    }
     processor.transport.close().await;
     result
 }

@@ -279,6 +279,8 @@ mod tests {
             shutdown_grace: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(15),
             sweep_grace: Duration::from_secs(60),
+            retention: Duration::from_secs(72 * 3600),
+            maintenance_interval: Duration::ZERO,
         }
     }
 

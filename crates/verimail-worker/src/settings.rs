@@ -32,6 +32,10 @@ pub struct WorkerSettings {
     pub sweep_interval: Duration,
     /// How overdue an open dispatch must be before the sweeper acts.
     pub sweep_grace: Duration,
+    /// Dispatch rows older than this go, a whole partition at a time.
+    pub retention: Duration,
+    /// How often this worker runs maintenance (zero: never).
+    pub maintenance_interval: Duration,
 }
 
 impl WorkerSettings {
