@@ -2,7 +2,7 @@
 # Measures verimail beside the limits of what it is built on, in one run on
 # this machine (issue 7; the figures and their reading are in BENCHMARKS.md):
 #
-#   1. pgbench: the intake's rate-limit check + supersede + insert as separate
+#   1. pgbench: the intake's rate-limit check + insert as separate
 #      statements in one transaction, at the same concurrency as the load;
 #   2. intake alone (no workers): closed loop, C connections;
 #   3. two workers draining the backlog that left (worker capacity alone);
@@ -301,17 +301,17 @@ log "pgbench: the rate-limit transaction as separate statements, c=$C, ${PG_SECS
 PGB_PARTNER=$(psql -qtA -v ON_ERROR_STOP=1 "$PG_URL/$PGB_DB" -c \
   "INSERT INTO partners (id, name, kind, status) VALUES (gen_random_uuid(), 'pgbench', 'partner', 'active') RETURNING id" | head -n 1)
 [ -n "$PGB_PARTNER" ] || die "creating the pgbench partner"
-# Mirrors accept_dispatch in migrations/0001_schema.sql statement by
-# statement, one round trip each, with a fresh random recipient per
-# transaction (distinct, as in the HTTP load) and code digest/sealed values
-# of the real sizes (32 and 46 bytes).
+# Mirrors accept_dispatch (migrations/0008_partitioned_dispatches.sql)
+# statement by statement, one round trip each, with a fresh random recipient
+# per transaction (distinct, as in the HTTP load) and code digest/sealed
+# values of the real sizes (32 and 46 bytes). Ids are UUIDv7-like (the
+# current millisecond, then random bits), as the partitions need.
 cat >"$OUT/accept.sql" <<SQL
 \set n random(1, 1000000000000)
 BEGIN;
 SELECT pg_advisory_xact_lock(hashtextextended('pgb-' || :client_id || '-' || :n || '@example.com', 0));
-SELECT count(*) FILTER (WHERE created_at > clock_timestamp() - interval '1 hour'), count(*) FROM dispatches WHERE recipient = 'pgb-' || :client_id || '-' || :n || '@example.com' AND counts_toward_limit AND created_at > clock_timestamp() - interval '1 day';
-UPDATE dispatches SET status = 'superseded', code_sealed = NULL, lease_until = NULL, updated_at = clock_timestamp() WHERE recipient = 'pgb-' || :client_id || '-' || :n || '@example.com' AND partner_id = '$PGB_PARTNER' AND status IN ('queued', 'retrying');
-INSERT INTO dispatches (id, partner_id, recipient, email, lang, ttl_minutes, status, code_digest, code_sealed, next_attempt_at, created_at, expires_at, updated_at) VALUES (gen_random_uuid(), '$PGB_PARTNER', 'pgb-' || :client_id || '-' || :n || '@example.com', 'pgb-' || :client_id || '-' || :n || '@example.com', 'en-us', 10, 'queued', decode(repeat('ab', 32), 'hex'), decode(repeat('cd', 46), 'hex'), clock_timestamp(), clock_timestamp(), clock_timestamp() + interval '10 minutes', clock_timestamp());
+SELECT count(*) FILTER (WHERE created_at > clock_timestamp() - interval '1 hour'), count(*), coalesce(bool_or(partner_id = '$PGB_PARTNER' AND status IN ('queued', 'retrying')), false) FROM dispatches WHERE recipient = 'pgb-' || :client_id || '-' || :n || '@example.com' AND counts_toward_limit AND created_at > clock_timestamp() - interval '1 day' AND id >= verimail_id_at(clock_timestamp() - interval '1 day 5 minutes');
+INSERT INTO dispatches (id, partner_id, recipient, email, lang, ttl_minutes, status, code_digest, code_sealed, next_attempt_at, created_at, expires_at, handoff_by, updated_at) VALUES ((substr(verimail_id_at(clock_timestamp())::text, 1, 14) || substr(gen_random_uuid()::text, 15))::uuid, '$PGB_PARTNER', 'pgb-' || :client_id || '-' || :n || '@example.com', 'pgb-' || :client_id || '-' || :n || '@example.com', 'en-us', 10, 'queued', decode(repeat('ab', 32), 'hex'), decode(repeat('cd', 46), 'hex'), clock_timestamp(), clock_timestamp(), clock_timestamp() + interval '10 minutes', clock_timestamp() + interval '4 seconds', clock_timestamp());
 COMMIT;
 SQL
 run_pgbench() {

@@ -145,7 +145,7 @@ async fn old_days(
     let cutoff = now - RETENTION - time::Duration::minutes(5);
     let mut expired = BTreeSet::new();
     for d in days {
-        let from = today - DAY * (d as i32);
+        let from = today - DAY * d;
         create_partition(pool, &day_name(from), from, from + DAY).await;
         if from + DAY <= cutoff {
             expired.insert(day_name(from));
