@@ -59,6 +59,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "open HTTP connections per intake; more are answered 503 and closed",
     ),
     (
+        "VERIMAIL_MAX_BACKLOG",
+        "50000",
+        "dispatch messages waiting for a worker above which the intake sheds sends (503 CBC.0999, Retry-After: 5) instead of queueing codes that would expire in the queue; 0 never sheds",
+    ),
+    (
         "VERIMAIL_PUBLISH_TIMEOUT",
         "2s",
         "longest wait for a publisher confirm (the intake's hand-off, and the worker's retries and re-publishes)",
@@ -357,6 +362,7 @@ pub struct Intake {
     pub rate_limit: RateLimit,
     pub code_length: usize,
     pub auth_cache_ttl: Duration,
+    pub max_backlog: u64,
 }
 
 impl Intake {
@@ -383,6 +389,7 @@ impl Intake {
                 humantime::parse_duration(s)
                     .map_err(|e| format!("{e} (expected a duration like 5s, or 0s)"))
             })?,
+            max_backlog: read(src, "VERIMAIL_MAX_BACKLOG", number(0, u64::from(u32::MAX)))?,
         })
     }
 
@@ -409,6 +416,7 @@ impl Intake {
             handoff_window: common.publish_timeout
                 + common.db_acquire_timeout
                 + Duration::from_secs(1),
+            max_backlog: (self.max_backlog > 0).then_some(self.max_backlog),
         }
     }
 }

@@ -135,6 +135,7 @@ pub fn intake_settings(amqp_url: String, prefix: &str) -> IntakeSettings {
         // Off, so tests see revocations at once; a dedicated test covers the cache.
         auth_cache_ttl: Duration::ZERO,
         handoff_window: Duration::from_millis(1500 + 1000 + 1000),
+        max_backlog: None,
         http: verimail_intake::serve::HttpLimits {
             header_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(2),

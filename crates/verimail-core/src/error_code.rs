@@ -17,10 +17,11 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     Internal,
+    Busy,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::ParameterError,
         Self::NotPartner,
         Self::CodeNotRecorded,
@@ -35,6 +36,7 @@ impl ErrorCode {
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Internal,
+        Self::Busy,
     ];
 
     pub fn code(self) -> &'static str {
@@ -91,6 +93,9 @@ impl ErrorCode {
             Self::NotFound => ("CBC.0100", 404, "The dispatch does not exist."),
             Self::MethodNotAllowed => ("CBC.0100", 405, "Method not allowed."),
             Self::Internal => ("CBC.0999", 500, "Internal error. Try again later."),
+            // Load shed (too many codes waiting for a worker, or too many
+            // connections): the request did nothing; retry after a pause.
+            Self::Busy => ("CBC.0999", 503, "The service is busy. Try again later."),
         }
     }
 }
@@ -122,6 +127,7 @@ mod tests {
                 ("CBC.0100", 404),
                 ("CBC.0100", 405),
                 ("CBC.0999", 500),
+                ("CBC.0999", 503),
             ]
         );
     }

@@ -16,6 +16,8 @@ pub struct ApiError {
     /// An infrastructure failure behind the answer: logged with its cause
     /// chain when the response is written, never shown to the client.
     cause: Option<anyhow::Error>,
+    /// Seconds for a `Retry-After` header (load shedding).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -24,6 +26,15 @@ impl ApiError {
             code,
             message: None,
             cause: None,
+            retry_after: None,
+        }
+    }
+
+    /// A shed request (503 CBC.0999): nothing was done; retry after `secs`.
+    pub fn busy(message: impl Into<String>, secs: u32) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..Self::with_message(ErrorCode::Busy, message)
         }
     }
 
@@ -32,6 +43,7 @@ impl ApiError {
             code,
             message: Some(message.into()),
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -92,6 +104,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json;charset=UTF-8"),
         );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response.extensions_mut().insert(self.code);
         response
     }

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod backlog;
 pub mod error;
 pub mod replays;
 pub mod request_id;

@@ -59,6 +59,9 @@ pub struct IntakeSettings {
     /// the time the failure record may take. Past it, the dispatch is mailed.
     pub handoff_window: Duration,
     pub http: crate::serve::HttpLimits,
+    /// Dispatch messages waiting for a worker above which sends are shed
+    /// (503, `Retry-After`); `None` never sheds.
+    pub max_backlog: Option<u64>,
 }
 
 #[cfg(test)]

@@ -100,12 +100,19 @@ impl Application {
             crate::auth::revocation::spawn_listener(auth.clone(), pool.clone());
         }
         let limits = settings.http;
+        let backlog = Arc::new(crate::backlog::Backlog::new(settings.max_backlog));
+        crate::backlog::spawn_sampler(
+            &backlog,
+            &publisher,
+            Topology::new(settings.amqp.prefix.clone()).dispatch_queue(),
+        );
         let state = AppState {
             pool,
             keys,
             auth,
             publisher,
             settings: Arc::new(settings),
+            backlog,
         };
         Ok(Self {
             listener,

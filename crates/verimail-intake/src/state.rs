@@ -16,4 +16,5 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub publisher: Arc<Publisher>,
     pub settings: Arc<IntakeSettings>,
+    pub backlog: Arc<crate::backlog::Backlog>,
 }

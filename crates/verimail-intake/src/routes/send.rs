@@ -78,6 +78,13 @@ pub async fn send(
 
 async fn send_once(state: AppState, id: Uuid, partner_id: Uuid, body: &[u8]) -> Result<Response> {
     let request = SendRequest::parse(body)?;
+    if let Some(depth) = state.backlog.over_limit() {
+        tracing::debug!(depth, "shedding a send: the workers are behind");
+        return Err(ApiError::busy(
+            "The service is busy: too many codes are waiting to be sent. Try again later.",
+            crate::backlog::RETRY_AFTER_SECS,
+        ));
+    }
     tracing::debug!(%partner_id, email = request.email.redacted(), "send accepted for checks");
     // Recording and hand-off run in a task of their own: a client that hangs
     // up drops this handler, but must not strand a dispatch that was already
