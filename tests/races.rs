@@ -35,6 +35,65 @@ async fn expire_lease(pool: &sqlx::PgPool, id: uuid::Uuid) {
         .unwrap();
 }
 
+/// The group-committed forms: many claims in one statement answer each
+/// dispatch as alone, and a batch of outcomes is fenced row by row.
+#[tokio::test]
+async fn batched_claims_and_outcomes_are_fenced_row_by_row() {
+    let db = TestDb::new().await;
+    let p = partner(&db.pool, AccountKind::Partner, false).await;
+    let lease = Duration::from_secs(30);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            record_dispatch(&db.pool, p.id, &format!("batch{i}@example.com"))
+                .await
+                .0,
+        );
+    }
+    let stray = uuid::Uuid::now_v7();
+    let mut asked = ids.clone();
+    asked.insert(1, stray);
+    let claims = store::claim_many(&db.pool, &asked, lease).await;
+    assert!(matches!(claims[1], Ok(Claim::Missing)), "{:?}", claims[1]);
+    let tokens: Vec<_> = [0, 2, 3]
+        .iter()
+        .map(|&i| match &claims[i] {
+            Ok(Claim::Mine(_, token)) => *token,
+            other => panic!("claim {i}: {other:?}"),
+        })
+        .collect();
+    // Claimed twice in one batch: the second finds the first's lease.
+    let twice = store::claim_many(&db.pool, &[ids[0], ids[0]], lease).await;
+    assert!(
+        twice.iter().all(|c| matches!(c, Ok(Claim::Leased(_)))),
+        "{twice:?}"
+    );
+
+    // The first dispatch is taken over; its old holder's outcome must not land.
+    expire_lease(&db.pool, ids[0]).await;
+    let Claim::Mine(_, fresh) = store::claim(&db.pool, ids[0], lease).await.unwrap() else {
+        panic!("takeover");
+    };
+    let outcomes: Vec<_> = ids
+        .iter()
+        .zip(&tokens)
+        .map(|(id, token)| store::Finish {
+            id: *id,
+            token: *token,
+            outcome: Outcome::Sent,
+        })
+        .collect();
+    let written = store::finish_many(&db.pool, &outcomes).await;
+    assert_eq!(written, vec![Ok(false), Ok(true), Ok(true)]);
+    assert_eq!(status_of(&db.pool, ids[0]).await, "sending");
+    assert_eq!(status_of(&db.pool, ids[1]).await, "sent");
+    assert!(
+        store::finish(&db.pool, ids[0], fresh, &Outcome::Sent)
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test]
 async fn a_stale_workers_outcome_after_a_takeover_is_refused() {
     let db = TestDb::new().await;

@@ -474,12 +474,12 @@ pub fn processor(
         settings.smtp_timeout,
     )
     .unwrap();
-    verimail_worker::Processor {
-        pool: pool.clone(),
-        keys: test_keys(),
+    verimail_worker::Processor::new(
+        pool.clone(),
+        test_keys(),
         transport,
-        settings: std::sync::Arc::new(settings),
-    }
+        std::sync::Arc::new(settings),
+    )
 }
 
 /// Records a dispatch as the intake would (rate limit, supersession, sealed

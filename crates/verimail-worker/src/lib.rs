@@ -1,6 +1,7 @@
 //! The worker: turns queued dispatch ids into exactly one mail each, or a
 //! recorded failure with its reason.
 
+pub mod batch;
 pub mod consumer;
 pub mod erasure;
 pub mod mail;
@@ -62,12 +63,7 @@ pub async fn run_until(
         timeout: settings.publish_timeout,
         retry_delays: settings.retry_delays.clone(),
     }));
-    let processor = Arc::new(Processor {
-        pool,
-        keys,
-        transport,
-        settings: Arc::new(settings),
-    });
+    let processor = Arc::new(Processor::new(pool, keys, transport, Arc::new(settings)));
     let sweeper = tokio::spawn(sweeper::run(
         processor.clone(),
         publisher.clone(),

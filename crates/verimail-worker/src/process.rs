@@ -34,6 +34,8 @@ pub struct Processor {
     pub keys: Keys,
     pub transport: Transport,
     pub settings: Arc<WorkerSettings>,
+    /// Claims and outcomes, group-committed across concurrent `process` calls.
+    writes: store::Writes,
 }
 
 /// Backoff between tries of an outcome write that failed (Postgres away).
@@ -49,9 +51,26 @@ const RECORD_BACKOFF: [Duration; 3] = [
 pub const RECORD_PATIENCE: Duration = Duration::from_secs(300);
 
 impl Processor {
+    /// Needs a Tokio runtime: the group-commit writers run as tasks.
+    pub fn new(
+        pool: PgPool,
+        keys: Keys,
+        transport: Transport,
+        settings: Arc<WorkerSettings>,
+    ) -> Self {
+        let writes = store::Writes::new(&pool, settings.lease);
+        Self {
+            pool,
+            keys,
+            transport,
+            settings,
+            writes,
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(dispatch_id = %id))]
     pub async fn process(&self, id: Uuid) -> anyhow::Result<Next> {
-        let claim = store::claim(&self.pool, id, self.settings.lease).await?;
+        let claim = self.writes.claim(id).await?;
         let (outcome, token) = match claim {
             Claim::Mine(claimed, token) => {
                 // The lease is renewed while the send and its record are in
@@ -122,7 +141,7 @@ impl Processor {
         let started = tokio::time::Instant::now();
         let mut tries = 0usize;
         loop {
-            match store::finish(&self.pool, id, token, outcome).await {
+            match self.writes.finish(id, token, outcome).await {
                 Ok(recorded) => return Ok(recorded),
                 Err(error) if started.elapsed() < RECORD_PATIENCE => {
                     if tries == 0 {

@@ -146,35 +146,104 @@ pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> anyhow::Result<C
         .fetch_one(pool)
         .await
         .context("claiming the dispatch")?;
-    let wait = || {
-        reply
+    reply.decode(token)
+}
+
+/// Claims several dispatches in one statement, and so one commit: the calls
+/// of `claim_dispatch` run one after another in one transaction, as they
+/// would in turn, in id order (so two batches that share a row lock in the
+/// same order). If the statement fails, each is claimed alone, so one bad
+/// row fails only itself.
+pub async fn claim_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    lease: Duration,
+) -> Vec<Result<Claim, String>> {
+    if ids.len() == 1 {
+        return vec![
+            claim(pool, ids[0], lease)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        ];
+    }
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i]);
+    let tokens: Vec<ClaimToken> = ids.iter().map(|_| ClaimToken::fresh()).collect();
+    let sorted_ids: Vec<Uuid> = order.iter().map(|&i| ids[i]).collect();
+    let sorted_tokens: Vec<Uuid> = order.iter().map(|&i| tokens[i].0).collect();
+    let replies: Result<Vec<(i64, ClaimReply)>, _> = sqlx::query_as::<_, NumberedClaimReply>(
+        "SELECT v.n, c.* FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS v(id, token, n)
+           CROSS JOIN LATERAL claim_dispatch(v.id, $3, v.token, $4) c
+          ORDER BY v.n",
+    )
+    .bind(&sorted_ids)
+    .bind(&sorted_tokens)
+    .bind(lease.as_secs_f64())
+    .bind(TAKEOVER_GRACE.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .map(|rows| rows.into_iter().map(|r| (r.n, r.reply)).collect());
+    match replies {
+        Ok(replies) if replies.len() == ids.len() => {
+            let mut out: Vec<Option<Result<Claim, String>>> =
+                (0..ids.len()).map(|_| None).collect();
+            for (position, (_, reply)) in order.iter().zip(replies) {
+                out[*position] = Some(
+                    reply
+                        .decode(tokens[*position])
+                        .map_err(|e| format!("{e:#}")),
+                );
+            }
+            out.into_iter()
+                .map(|r| r.unwrap_or_else(|| Err("no answer for this claim".into())))
+                .collect()
+        }
+        Ok(_) | Err(_) => {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(claim(pool, *id, lease).await.map_err(|e| format!("{e:#}")));
+            }
+            out
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct NumberedClaimReply {
+    n: i64,
+    #[sqlx(flatten)]
+    reply: ClaimReply,
+}
+
+impl ClaimReply {
+    fn decode(self, token: ClaimToken) -> anyhow::Result<Claim> {
+        let wait = self
             .wait_secs
             .filter(|s| *s > 0.0)
-            .map_or(Duration::from_millis(100), Duration::from_secs_f64)
-    };
-    Ok(match reply.outcome.as_str() {
-        "claimed" => {
-            let row = reply
-                .row
-                .into_row()
-                .context("claim_dispatch answered a claim without the row")?;
-            match Claimed::try_from(row) {
-                Ok(claimed) => Claim::Mine(claimed, token),
-                Err(reason) => Claim::Undecodable(reason, token),
+            .map_or(Duration::from_millis(100), Duration::from_secs_f64);
+        Ok(match self.outcome.as_str() {
+            "claimed" => {
+                let row = self
+                    .row
+                    .into_row()
+                    .context("claim_dispatch answered a claim without the row")?;
+                match Claimed::try_from(row) {
+                    Ok(claimed) => Claim::Mine(claimed, token),
+                    Err(reason) => Claim::Undecodable(reason, token),
+                }
             }
-        }
-        "leased" => Claim::Leased(wait()),
-        "held" => Claim::Held(wait()),
-        "superseded" => Claim::Superseded,
-        "expired" => Claim::Expired,
-        "missing" => Claim::Missing,
-        "finished" => Claim::Finished(
-            reply
-                .status
-                .context("claim_dispatch answered finished without a status")?,
-        ),
-        other => anyhow::bail!("claim_dispatch answered {other:?}"),
-    })
+            "leased" => Claim::Leased(wait),
+            "held" => Claim::Held(wait),
+            "superseded" => Claim::Superseded,
+            "expired" => Claim::Expired,
+            "missing" => Claim::Missing,
+            "finished" => Claim::Finished(
+                self.status
+                    .context("claim_dispatch answered finished without a status")?,
+            ),
+            other => anyhow::bail!("claim_dispatch answered {other:?}"),
+        })
+    }
 }
 
 /// Extends the lease of a claim this worker still holds; `false` once the
@@ -275,6 +344,134 @@ pub async fn finish(
     .await
     .context("recording the outcome")?;
     Ok(done.rows_affected() == 1)
+}
+
+/// One outcome for `finish_many`.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub id: Uuid,
+    pub token: ClaimToken,
+    pub outcome: Outcome,
+}
+
+/// Records several outcomes in one statement (one commit); each row is
+/// fenced by its own token exactly as in `finish`. Answers, in order,
+/// whether each row changed. If the statement fails, each is written alone.
+pub async fn finish_many(pool: &PgPool, items: &[Finish]) -> Vec<Result<bool, String>> {
+    if items.len() == 1 {
+        let one = &items[0];
+        return vec![
+            finish(pool, one.id, one.token, &one.outcome)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        ];
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].id);
+    let column = |f: &dyn Fn(&Finish) -> Option<String>| -> Vec<Option<String>> {
+        order.iter().map(|&i| f(&items[i])).collect()
+    };
+    let ids: Vec<Uuid> = order.iter().map(|&i| items[i].id).collect();
+    let tokens: Vec<Uuid> = order.iter().map(|&i| items[i].token.0).collect();
+    let statuses = column(&|f| Some(f.outcome.status().as_str().to_owned()));
+    let reasons = column(&|f| f.outcome.reason().map(str::to_owned));
+    let retries: Vec<Option<f64>> = order
+        .iter()
+        .map(|&i| match &items[i].outcome {
+            Outcome::Retry { after, .. } => Some(after.as_secs_f64()),
+            _ => None,
+        })
+        .collect();
+    let terminal: Vec<bool> = order
+        .iter()
+        .map(|&i| items[i].outcome.status().is_terminal())
+        .collect();
+    let changed: Result<Vec<Uuid>, _> = sqlx::query_scalar(
+        "UPDATE dispatches d
+            SET status = v.status,
+                last_error = v.reason,
+                lease_until = NULL,
+                claim_token = NULL,
+                sent_at = CASE WHEN v.status = $7 THEN now() ELSE d.sent_at END,
+                code_sealed = CASE WHEN v.terminal THEN NULL ELSE d.code_sealed END,
+                next_attempt_at = COALESCE(now() + make_interval(secs => v.retry_secs),
+                                           d.next_attempt_at),
+                updated_at = now()
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[], $6::bool[])
+                AS v(id, token, status, reason, retry_secs, terminal)
+          WHERE d.id = v.id AND d.claim_token = v.token AND d.status = $8
+         RETURNING d.id",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&statuses)
+    .bind(&reasons)
+    .bind(&retries)
+    .bind(&terminal)
+    .bind(DispatchStatus::Sent.as_str())
+    .bind(DispatchStatus::Sending.as_str())
+    .fetch_all(pool)
+    .await;
+    match changed {
+        Ok(changed) => {
+            let changed: std::collections::HashSet<Uuid> = changed.into_iter().collect();
+            items.iter().map(|f| Ok(changed.contains(&f.id))).collect()
+        }
+        Err(_) => {
+            let mut out = Vec::with_capacity(items.len());
+            for one in items {
+                out.push(
+                    finish(pool, one.id, one.token, &one.outcome)
+                        .await
+                        .map_err(|e| format!("{e:#}")),
+                );
+            }
+            out
+        }
+    }
+}
+
+/// The worker's claims and outcome writes, group-committed (see `batch`).
+pub struct Writes {
+    claims: crate::batch::Batcher<Uuid, Result<Claim, String>>,
+    outcomes: crate::batch::Batcher<Finish, Result<bool, String>>,
+}
+
+/// Requests per statement at most.
+const BATCH_MAX: usize = 64;
+
+impl Writes {
+    pub fn new(pool: &PgPool, lease: Duration) -> Self {
+        let (claim_pool, finish_pool) = (pool.clone(), pool.clone());
+        Self {
+            claims: crate::batch::Batcher::spawn(BATCH_MAX, move |ids: Vec<Uuid>| {
+                let pool = claim_pool.clone();
+                async move { Ok(claim_many(&pool, &ids, lease).await) }
+            }),
+            outcomes: crate::batch::Batcher::spawn(BATCH_MAX, move |items: Vec<Finish>| {
+                let pool = finish_pool.clone();
+                async move { Ok(finish_many(&pool, &items).await) }
+            }),
+        }
+    }
+
+    pub async fn claim(&self, id: Uuid) -> anyhow::Result<Claim> {
+        self.claims.call(id).await?.map_err(anyhow::Error::msg)
+    }
+
+    pub async fn finish(
+        &self,
+        id: Uuid,
+        token: ClaimToken,
+        outcome: &Outcome,
+    ) -> anyhow::Result<bool> {
+        let item = Finish {
+            id,
+            token,
+            outcome: outcome.clone(),
+        };
+        self.outcomes.call(item).await?.map_err(anyhow::Error::msg)
+    }
 }
 
 /// Open dispatches whose message should have arrived long ago (lost before
