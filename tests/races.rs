@@ -337,3 +337,78 @@ async fn the_rate_limit_is_exact_when_the_database_defaults_to_repeatable_read()
     );
     assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 1);
 }
+
+fn record_for(partner_id: uuid::Uuid, email: &str, id: uuid::Uuid) -> intake_store::Record {
+    let email = verimail_core::Email::parse(email).unwrap();
+    let keys = test_keys();
+    intake_store::Record::from(NewDispatch {
+        id,
+        partner_id,
+        email: &email,
+        lang: verimail_core::Lang::EnUs,
+        ttl: CodeTtl::from_stored(5).unwrap(),
+        code_digest: keys.code_digest(id, "123456"),
+        code_sealed: keys.seal_code(id, "123456"),
+    })
+}
+
+/// The intake's group commit: sends to one address in one batch count each
+/// other exactly, and a record Postgres refuses fails only itself.
+#[tokio::test]
+async fn a_batch_of_records_keeps_the_limit_exact_and_fails_only_the_bad_one() {
+    let db = TestDb::new().await;
+    let p = partner(&db.pool, AccountKind::Partner, false).await;
+    let limit = verimail_intake::RateLimit {
+        per_hour: 2,
+        per_day: 10,
+    };
+    let window = Duration::from_secs(3);
+    let same: Vec<_> = (0..3)
+        .map(|_| record_for(p.id, "same@example.com", uuid::Uuid::now_v7()))
+        .collect();
+    let mut batch = same.clone();
+    batch.insert(
+        1,
+        record_for(p.id, "other@example.com", uuid::Uuid::now_v7()),
+    );
+    let answers = intake_store::accept_many(&db.pool, &batch, limit, window).await;
+    assert_eq!(
+        answers,
+        vec![
+            Ok(Admission::Accepted {
+                older_waiting: false
+            }),
+            Ok(Admission::Accepted {
+                older_waiting: false
+            }),
+            Ok(Admission::Accepted {
+                older_waiting: true
+            }),
+            Ok(Admission::RateLimited),
+        ]
+    );
+    assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 3);
+
+    // An id from a skewed clock is refused by Postgres; its neighbour is not.
+    let skewed = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        1_000_000_000,
+        0,
+    ));
+    let batch = vec![
+        record_for(p.id, "skewed@example.com", skewed),
+        record_for(p.id, "fine@example.com", uuid::Uuid::now_v7()),
+    ];
+    let answers = intake_store::accept_many(&db.pool, &batch, limit, window).await;
+    assert!(
+        answers[0].as_ref().is_err_and(|e| e.contains("clock")),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers[1],
+        Ok(Admission::Accepted {
+            older_waiting: false
+        })
+    );
+    assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 4);
+}

@@ -3,6 +3,7 @@
 //! message, code secrets, and the broker/database plumbing both sides use.
 
 pub mod amqp;
+pub mod batch;
 pub mod code;
 pub mod db;
 pub mod error_code;

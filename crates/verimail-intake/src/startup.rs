@@ -106,7 +106,13 @@ impl Application {
             &publisher,
             Topology::new(settings.amqp.prefix.clone()).dispatch_queue(),
         );
+        let records = Arc::new(crate::store::Records::new(
+            &pool,
+            settings.rate_limit,
+            settings.handoff_window,
+        ));
         let state = AppState {
+            records,
             pool,
             keys,
             auth,

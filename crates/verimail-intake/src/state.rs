@@ -17,4 +17,6 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub settings: Arc<IntakeSettings>,
     pub backlog: Arc<crate::backlog::Backlog>,
+    /// Dispatch records, group-committed across concurrent sends.
+    pub records: Arc<crate::store::Records>,
 }

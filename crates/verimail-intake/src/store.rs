@@ -28,31 +28,47 @@ pub enum Admission {
     RateLimited,
 }
 
-/// Rate-limit check, supersession and insert in one round trip (see the
-/// `accept_dispatch` function in the migrations for why it is atomic).
+/// Rate-limit check and insert in one round trip (see the `accept_dispatch`
+/// function in the migrations for why it is atomic).
 pub async fn accept(
     pool: &PgPool,
     new: NewDispatch<'_>,
     limit: RateLimit,
     handoff_window: std::time::Duration,
 ) -> anyhow::Result<Admission> {
-    let outcome: String =
-        sqlx::query_scalar("SELECT accept_dispatch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
-            .bind(new.id)
-            .bind(new.partner_id)
-            .bind(new.email.normalised())
-            .bind(new.email.as_str())
-            .bind(new.lang.as_str())
-            .bind(new.ttl.minutes() as i32)
-            .bind(new.code_digest)
-            .bind(new.code_sealed)
-            .bind(limit.per_hour as i32)
-            .bind(limit.per_day as i32)
-            .bind(handoff_window.as_secs_f64())
-            .fetch_one(pool)
-            .await
-            .context("recording the dispatch")?;
-    match outcome.as_str() {
+    accept_one(pool, &Record::from(new), limit, handoff_window).await
+}
+
+/// One record for `accept_many`, owned (it travels to the batch writer).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: Uuid,
+    pub partner_id: Uuid,
+    pub recipient: String,
+    pub email: String,
+    pub lang: &'static str,
+    pub ttl_minutes: i32,
+    pub code_digest: Vec<u8>,
+    pub code_sealed: Vec<u8>,
+}
+
+impl From<NewDispatch<'_>> for Record {
+    fn from(new: NewDispatch<'_>) -> Self {
+        Self {
+            id: new.id,
+            partner_id: new.partner_id,
+            recipient: new.email.normalised(),
+            email: new.email.as_str().to_owned(),
+            lang: new.lang.as_str(),
+            ttl_minutes: new.ttl.minutes() as i32,
+            code_digest: new.code_digest,
+            code_sealed: new.code_sealed,
+        }
+    }
+}
+
+fn admission(outcome: &str) -> anyhow::Result<Admission> {
+    match outcome {
         "accepted" => Ok(Admission::Accepted {
             older_waiting: false,
         }),
@@ -61,6 +77,130 @@ pub async fn accept(
         }),
         "rate_limited" => Ok(Admission::RateLimited),
         other => anyhow::bail!("accept_dispatch answered {other:?}"),
+    }
+}
+
+/// Several records in one statement, and so one commit: `accept_dispatch`
+/// runs for each in turn inside one transaction, so two sends to one address
+/// in the same batch count each other exactly as they would alone. They run
+/// in the order of the per-recipient lock keys, so two intakes' batches take
+/// those locks in the same order and cannot deadlock. If the statement
+/// fails, each is recorded alone, so one bad record fails only itself.
+pub async fn accept_many(
+    pool: &PgPool,
+    records: &[Record],
+    limit: RateLimit,
+    handoff_window: std::time::Duration,
+) -> Vec<Result<Admission, String>> {
+    if records.len() > 1
+        && let Ok(answers) = accept_batch(pool, records, limit, handoff_window).await
+    {
+        return answers;
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        out.push(
+            accept_one(pool, record, limit, handoff_window)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        );
+    }
+    out
+}
+
+async fn accept_batch(
+    pool: &PgPool,
+    records: &[Record],
+    limit: RateLimit,
+    handoff_window: std::time::Duration,
+) -> anyhow::Result<Vec<Result<Admission, String>>> {
+    let column = |f: &dyn Fn(&Record) -> String| -> Vec<String> { records.iter().map(f).collect() };
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT s.n, accept_dispatch(s.id, s.partner, s.recipient, s.email, s.lang, s.ttl,
+                                     s.digest, s.sealed, $9, $10, $11)
+           FROM (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                      $6::int[], $7::bytea[], $8::bytea[])
+                        WITH ORDINALITY AS v(id, partner, recipient, email, lang, ttl, digest, sealed, n)
+                  ORDER BY hashtextextended(v.recipient, 0), v.n) s",
+    )
+    .bind(records.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.partner_id).collect::<Vec<_>>())
+    .bind(column(&|r| r.recipient.clone()))
+    .bind(column(&|r| r.email.clone()))
+    .bind(column(&|r| r.lang.to_owned()))
+    .bind(records.iter().map(|r| r.ttl_minutes).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.code_digest.clone()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.code_sealed.clone()).collect::<Vec<_>>())
+    .bind(limit.per_hour as i32)
+    .bind(limit.per_day as i32)
+    .bind(handoff_window.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .context("recording the dispatches")?;
+    anyhow::ensure!(rows.len() == records.len(), "a batch lost records");
+    let mut out: Vec<Result<Admission, String>> = (0..records.len())
+        .map(|_| Err("no answer".to_owned()))
+        .collect();
+    for (n, outcome) in rows {
+        let slot = usize::try_from(n - 1).context("a record's position")?;
+        *out.get_mut(slot).context("a record's position")? =
+            admission(&outcome).map_err(|e| format!("{e:#}"));
+    }
+    Ok(out)
+}
+
+async fn accept_one(
+    pool: &PgPool,
+    r: &Record,
+    limit: RateLimit,
+    handoff_window: std::time::Duration,
+) -> anyhow::Result<Admission> {
+    let outcome: String =
+        sqlx::query_scalar("SELECT accept_dispatch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+            .bind(r.id)
+            .bind(r.partner_id)
+            .bind(&r.recipient)
+            .bind(&r.email)
+            .bind(r.lang)
+            .bind(r.ttl_minutes)
+            .bind(&r.code_digest)
+            .bind(&r.code_sealed)
+            .bind(limit.per_hour as i32)
+            .bind(limit.per_day as i32)
+            .bind(handoff_window.as_secs_f64())
+            .fetch_one(pool)
+            .await
+            .context("recording the dispatch")?;
+    admission(&outcome)
+}
+
+/// The intake's records, group-committed across concurrent sends.
+pub struct Records {
+    batcher: verimail_core::batch::Batcher<Record, Result<Admission, String>>,
+}
+
+/// Records per statement at most.
+const BATCH_MAX: usize = 64;
+
+impl Records {
+    pub fn new(pool: &PgPool, limit: RateLimit, handoff_window: std::time::Duration) -> Self {
+        let pool = pool.clone();
+        Self {
+            batcher: verimail_core::batch::Batcher::spawn(
+                BATCH_MAX,
+                move |records: Vec<Record>| {
+                    let pool = pool.clone();
+                    async move { Ok(accept_many(&pool, &records, limit, handoff_window).await) }
+                },
+            ),
+        }
+    }
+
+    pub async fn accept(&self, new: NewDispatch<'_>) -> anyhow::Result<Admission> {
+        self.batcher
+            .call(Record::from(new))
+            .await?
+            .map_err(anyhow::Error::msg)
     }
 }
 

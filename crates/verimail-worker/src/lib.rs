@@ -1,7 +1,6 @@
 //! The worker: turns queued dispatch ids into exactly one mail each, or a
 //! recorded failure with its reason.
 
-pub mod batch;
 pub mod consumer;
 pub mod erasure;
 pub mod mail;

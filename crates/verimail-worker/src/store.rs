@@ -433,8 +433,8 @@ pub async fn finish_many(pool: &PgPool, items: &[Finish]) -> Vec<Result<bool, St
 
 /// The worker's claims and outcome writes, group-committed (see `batch`).
 pub struct Writes {
-    claims: crate::batch::Batcher<Uuid, Result<Claim, String>>,
-    outcomes: crate::batch::Batcher<Finish, Result<bool, String>>,
+    claims: verimail_core::batch::Batcher<Uuid, Result<Claim, String>>,
+    outcomes: verimail_core::batch::Batcher<Finish, Result<bool, String>>,
 }
 
 /// Requests per statement at most.
@@ -444,11 +444,11 @@ impl Writes {
     pub fn new(pool: &PgPool, lease: Duration) -> Self {
         let (claim_pool, finish_pool) = (pool.clone(), pool.clone());
         Self {
-            claims: crate::batch::Batcher::spawn(BATCH_MAX, move |ids: Vec<Uuid>| {
+            claims: verimail_core::batch::Batcher::spawn(BATCH_MAX, move |ids: Vec<Uuid>| {
                 let pool = claim_pool.clone();
                 async move { Ok(claim_many(&pool, &ids, lease).await) }
             }),
-            outcomes: crate::batch::Batcher::spawn(BATCH_MAX, move |items: Vec<Finish>| {
+            outcomes: verimail_core::batch::Batcher::spawn(BATCH_MAX, move |items: Vec<Finish>| {
                 let pool = finish_pool.clone();
                 async move { Ok(finish_many(&pool, &items).await) }
             }),

@@ -136,15 +136,7 @@ async fn record_and_hand_off(
         code_sealed: state.keys.seal_code(id, code.expose()),
     };
     drop(code);
-    let settings = &state.settings;
-    let older_waiting = match store::accept(
-        &state.pool,
-        new,
-        settings.rate_limit,
-        settings.handoff_window,
-    )
-    .await
-    {
+    let older_waiting = match state.records.accept(new).await {
         Ok(Admission::Accepted { older_waiting }) => older_waiting,
         Ok(Admission::RateLimited) => return Err(ApiError::new(ErrorCode::RateLimited)),
         Err(error) => {

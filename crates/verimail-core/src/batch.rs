@@ -1,4 +1,5 @@
-//! Group commit for the worker's per-dispatch writes. Concurrent callers each
+//! Group commit for per-dispatch writes (the intake's records, the
+//! worker's claims and outcomes). Concurrent callers each
 //! await their own result; whatever has queued up while the previous
 //! statement ran goes to Postgres as one statement, so a busy worker pays one
 //! round trip and one commit per batch instead of per mail, and an idle one
