@@ -545,26 +545,7 @@ async fn try_accept(
     partner_id: Uuid,
     email: &str,
 ) -> anyhow::Result<verimail_intake::store::Admission> {
-    let id = Uuid::now_v7();
-    let code = verimail_core::code::Code::generate(6);
-    let keys = test_keys();
-    let email = verimail_core::Email::parse(email).unwrap();
-    let new = verimail_intake::store::NewDispatch {
-        id,
-        partner_id,
-        email: &email,
-        lang: verimail_core::Lang::EnUs,
-        ttl: verimail_core::CodeTtl::from_stored(5).unwrap(),
-        code_digest: keys.code_digest(id, code.expose()),
-        code_sealed: keys.seal_code(id, code.expose()),
-    };
-    verimail_intake::store::accept(
-        pool,
-        new,
-        verimail_intake::RateLimit::DEFAULT,
-        Duration::from_secs(3),
-    )
-    .await
+    Ok(try_record_dispatch(pool, partner_id, email).await?.2)
 }
 
 async fn try_record(pool: &PgPool, partner_id: Uuid, email: &str) -> anyhow::Result<()> {

@@ -485,6 +485,20 @@ pub fn processor(
 /// Records a dispatch as the intake would (rate limit, supersession, sealed
 /// code), without publishing it; returns its id and the plain code.
 pub async fn record_dispatch(pool: &PgPool, partner_id: Uuid, email: &str) -> (Uuid, String) {
+    let (id, code, admission) = try_record_dispatch(pool, partner_id, email).await.unwrap();
+    assert!(matches!(
+        admission,
+        verimail_intake::store::Admission::Accepted { .. }
+    ));
+    (id, code)
+}
+
+/// `record_dispatch` that hands back the answer, whatever it is.
+pub async fn try_record_dispatch(
+    pool: &PgPool,
+    partner_id: Uuid,
+    email: &str,
+) -> anyhow::Result<(Uuid, String, verimail_intake::store::Admission)> {
     let id = Uuid::now_v7();
     let code = verimail_core::code::Code::generate(6);
     let keys = test_keys();
@@ -500,13 +514,8 @@ pub async fn record_dispatch(pool: &PgPool, partner_id: Uuid, email: &str) -> (U
     };
     let admission =
         verimail_intake::store::accept(pool, new, RateLimit::DEFAULT, Duration::from_secs(3))
-            .await
-            .unwrap();
-    assert!(matches!(
-        admission,
-        verimail_intake::store::Admission::Accepted { .. }
-    ));
-    (id, code.expose().to_owned())
+            .await?;
+    Ok((id, code.expose().to_owned(), admission))
 }
 
 /// A URL like `url` that reaches its server through `addr` (a proxy).
