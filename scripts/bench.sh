@@ -68,10 +68,9 @@ export VERIMAIL_MAX_BACKLOG=0
 export RUST_LOG=${BENCH_RUST_LOG:-info}
 export VERIMAIL_AMQP_PREFIX=$PREFIX
 
-log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf '\nbench.sh: FAILED: %s\n' "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null || die "$1 not found (install: $2)"; }
-tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+SCRIPT_NAME=bench.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 need cargo "rustup"
 need psql "apt-get install postgresql-client"
@@ -131,14 +130,6 @@ pid_of() {
 alive() { # name
   kill -0 "$(pid_of "$1")" 2>/dev/null ||
     { tail -n 30 "$OUT/$1.log" >&2 || true; die "$1 exited early (log: $OUT/$1.log)"; }
-}
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 30000))
-    tcp_open 127.0.0.1 "$port" || { echo "$port"; return; }
-  done
-  die "no free port found"
 }
 # Peak RSS: VmHWM at the end of each phase, plus VmRSS/VmHWM sampled every
 # 0.25 s while it runs (VmHWM as /proc shows it can lag the true peak a little,

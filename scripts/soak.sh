@@ -51,19 +51,11 @@ export VERIMAIL_MAX_BACKLOG=0
 export RUST_LOG=${SOAK_RUST_LOG:-warn}
 export VERIMAIL_AMQP_PREFIX=$PREFIX
 
-log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf '\nsoak.sh: FAILED: %s\n' "$*" >&2; exit 1; }
-tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 30000))
-    tcp_open 127.0.0.1 "$port" || { echo "$port"; return; }
-  done
-  die "no free port found"
-}
-command -v psql >/dev/null || die "psql not found (apt-get install postgresql-client)"
-command -v python3 >/dev/null || die "python3 not found"
+SCRIPT_NAME=soak.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+need psql "apt-get install postgresql-client"
+need python3 "apt-get install python3"
 
 PIDS=()
 cleanup() {
