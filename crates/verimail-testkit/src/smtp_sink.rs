@@ -196,6 +196,7 @@ struct Shared {
     mails: Mutex<Vec<ReceivedMail>>,
     received: watch::Sender<usize>,
     connections: AtomicUsize,
+    noops: AtomicUsize,
     auth_attempts: Mutex<Vec<(String, String)>>,
 }
 
@@ -270,6 +271,7 @@ impl SmtpSink {
             mails: Mutex::new(Vec::new()),
             received: watch::Sender::new(0),
             connections: AtomicUsize::new(0),
+            noops: AtomicUsize::new(0),
             auth_attempts: Mutex::new(Vec::new()),
         });
         let server = spawn_server(listener, Arc::clone(&shared));
@@ -318,6 +320,11 @@ impl SmtpSink {
     /// TCP connections accepted so far (including ones that sent nothing).
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// NOOP commands answered so far, on every connection.
+    pub fn noops(&self) -> usize {
+        self.shared.noops.load(Ordering::SeqCst)
     }
 
     /// Every AUTH PLAIN (user, password) pair received, successful or not.
@@ -566,7 +573,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.tx = Transaction::default();
                 self.reply("250 2.0.0 OK").await?;
             }
-            "NOOP" => self.reply("250 2.0.0 OK").await?,
+            "NOOP" => {
+                self.shared.noops.fetch_add(1, Ordering::SeqCst);
+                self.reply("250 2.0.0 OK").await?;
+            }
             "STARTTLS" if self.offers_starttls() => {
                 self.reply("220 2.0.0 Ready to start TLS").await?;
                 return Ok(Flow::StartTls);

@@ -1,7 +1,7 @@
 //! The broker side: consume with manual acks and a bounded prefetch, run
 //! `Processor::process` per message concurrently, ack only after the outcome
-//! is committed, park retries in delay queues, dead-letter what cannot be
-//! decoded. Reconnects by itself; on shutdown it stops consuming, lets
+//! is committed (in runs, with `multiple`: see `acks`), park retries in delay
+//! queues, dead-letter what cannot be decoded. Reconnects by itself; on shutdown it stops consuming, lets
 //! in-flight messages finish within the grace period, and hands back the rest.
 
 use std::sync::Arc;
@@ -10,9 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -21,6 +19,7 @@ use verimail_core::amqp::{self, Topology};
 use verimail_core::metrics as m;
 use verimail_core::publisher::{Publisher, Route};
 
+use crate::acks::Acks;
 use crate::process::{Next, Processor};
 
 /// Waits after an infrastructure error before the message is handed back, so
@@ -87,6 +86,13 @@ async fn session(
         "worker consuming"
     );
 
+    // Finished messages held behind a slow one before they are acked singly:
+    // a quarter of the prefetch window at most stays tied up that way.
+    let acks = Arc::new(Acks::new(usize::from(settings.prefetch / 4)));
+    let ack_sender = tokio::spawn({
+        let acks = acks.clone();
+        async move { acks.send_until_closed().await }
+    });
     let mut in_flight = JoinSet::new();
     let mut depth_tick = tokio::time::interval(DEPTH_SAMPLE_EVERY);
     let result = loop {
@@ -100,9 +106,11 @@ async fn session(
             }
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
+                    acks.open(delivery.delivery_tag);
                     let processor = processor.clone();
                     let publisher = publisher.clone();
-                    in_flight.spawn(async move { handle(&processor, &publisher, delivery).await });
+                    let acks = acks.clone();
+                    in_flight.spawn(async move { handle(&processor, &publisher, &acks, delivery).await });
                 }
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("consuming")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
@@ -127,6 +135,12 @@ async fn session(
             );
             in_flight.abort_all();
         }
+        // Every finished message's ack goes out before the channel closes;
+        // aborted ones stay unacked and are delivered again.
+        acks.close();
+        if tokio::time::timeout(ACK_FLUSH_GRACE, ack_sender).await.is_err() {
+            tracing::warn!("the last acks were not sent in time; those messages come back");
+        }
         let _ = channel.close(200, "shutdown".into()).await;
         let _ = connection.close(200, "shutdown".into()).await;
         tracing::info!("worker stopped consuming");
@@ -136,12 +150,16 @@ async fn session(
         // find the dispatch final or leased). Aborting them would forget
         // mails SMTP had already accepted.
         in_flight.detach_all();
+        ack_sender.abort();
     }
     result
 }
 
-async fn handle(processor: &Processor, publisher: &Publisher, delivery: Delivery) {
-    let Err(error) = handle_inner(processor, publisher, &delivery).await else {
+/// How long a shutdown waits for the last acks to be sent.
+const ACK_FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+async fn handle(processor: &Processor, publisher: &Publisher, acks: &Acks, delivery: Delivery) {
+    let Err(error) = handle_inner(processor, publisher, acks, &delivery).await else {
         return;
     };
     tracing::error!(
@@ -156,7 +174,8 @@ async fn handle(processor: &Processor, publisher: &Publisher, delivery: Delivery
         let parked = publisher
             .publish(message.dispatch_id, Route::Recheck(INFRA_BACKOFF))
             .await;
-        if parked.is_ok() && delivery.ack(BasicAckOptions::default()).await.is_ok() {
+        if parked.is_ok() {
+            acks.finished(delivery.delivery_tag, delivery.acker.clone());
             return;
         }
     }
@@ -165,19 +184,24 @@ async fn handle(processor: &Processor, publisher: &Publisher, delivery: Delivery
         requeue: true,
         ..Default::default()
     };
-    if let Err(error) = delivery.nack(requeue).await {
-        tracing::warn!(error = %error, "nack failed; the broker will redeliver on reconnect");
+    match delivery.nack(requeue).await {
+        Ok(_) => acks.settled(delivery.delivery_tag),
+        // Left unsettled in the window too, so no multiple ack covers it.
+        Err(error) => {
+            tracing::warn!(error = %error, "nack failed; the broker will redeliver on reconnect")
+        }
     }
 }
 
 async fn handle_inner(
     processor: &Processor,
     publisher: &Publisher,
+    acks: &Acks,
     delivery: &Delivery,
 ) -> anyhow::Result<()> {
     let message = match DispatchMessage::decode(&delivery.data) {
         Ok(message) => message,
-        Err(error) => return dead_letter(delivery, &error.to_string()).await,
+        Err(error) => return dead_letter(acks, delivery, &error.to_string()).await,
     };
     match processor.process(message.dispatch_id).await? {
         Next::Ack => {}
@@ -196,12 +220,9 @@ async fn handle_inner(
                 .await
                 .context("parking for a re-check")?;
         }
-        Next::DeadLetter(reason) => return dead_letter(delivery, &reason).await,
+        Next::DeadLetter(reason) => return dead_letter(acks, delivery, &reason).await,
     }
-    delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .context("acking")?;
+    acks.finished(delivery.delivery_tag, delivery.acker.clone());
     Ok(())
 }
 
@@ -216,7 +237,7 @@ async fn sample_depths(publisher: &Publisher, topology: &Topology) {
     }
 }
 
-async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
+async fn dead_letter(acks: &Acks, delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
     tracing::warn!(reason, "message sent to the dead-letter queue");
     metrics::counter!(m::DEAD_LETTERED).increment(1);
     // The dispatch queue's dead-letter exchange takes it; it is never requeued.
@@ -225,5 +246,6 @@ async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
         ..Default::default()
     };
     delivery.nack(options).await.context("dead-lettering")?;
+    acks.settled(delivery.delivery_tag);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The worker: turns queued dispatch ids into exactly one mail each, or a
 //! recorded failure with its reason.
 
+pub mod acks;
 pub mod consumer;
 pub mod erasure;
 pub mod mail;

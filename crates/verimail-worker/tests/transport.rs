@@ -205,6 +205,55 @@ async fn dead_pooled_session_is_replaced_transparently() {
 }
 
 #[tokio::test]
+async fn a_session_used_a_moment_ago_is_reused_without_a_noop() {
+    let sink = SmtpSink::start().await;
+    let transport = smtp(&sink.url());
+    for code in ["1", "2", "3"] {
+        transport
+            .send(&message("user@example.org", code))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.noops(), 0, "back-to-back mails probed the session");
+
+    // Idle for longer than a moment: probed before reuse.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    transport
+        .send(&message("user@example.org", "4"))
+        .await
+        .unwrap();
+    assert_eq!(sink.noops(), 1);
+    let mails = sink.wait_for(4, WAIT).await;
+    assert!(mails.iter().all(|m| m.connection == 0), "{mails:?}");
+}
+
+#[tokio::test]
+async fn an_unprobed_session_found_dead_is_replaced_within_the_same_send() {
+    let sink = SmtpSink::start().await;
+    let transport = smtp(&sink.url());
+    transport
+        .send(&message("user@example.org", "1"))
+        .await
+        .unwrap();
+
+    // The server drops the pooled session as the next MAIL arrives: what a
+    // NOOP would have found. The mail goes out on a new session, no retry.
+    sink.push_behaviour(Behaviour::DropAtMail);
+    transport
+        .send(&message("user@example.org", "2"))
+        .await
+        .unwrap();
+    let mails = sink.wait_for(2, WAIT).await;
+    assert_eq!(mails.len(), 2);
+    assert_eq!((mails[0].connection, mails[1].connection), (0, 1));
+
+    // A failure about the message itself is not retried on a new session.
+    sink.push_behaviour(Behaviour::RejectData("451 4.3.0 try later".into()));
+    transient(transport.send(&message("user@example.org", "3")).await);
+    assert_eq!(sink.connections(), 2);
+}
+
+#[tokio::test]
 async fn dropped_connection_is_transient() {
     let sink = SmtpSink::start().await;
     let transport = smtp(&sink.url());

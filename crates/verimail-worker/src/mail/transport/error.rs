@@ -44,6 +44,15 @@ pub(super) fn from_transaction(e: &lettre::transport::smtp::Error) -> SendError 
     }
 }
 
+/// Whether a failed transaction says the session itself was gone (the
+/// socket closed or reset, a reply cut off, or 421: the server is closing
+/// it) rather than anything about the message: what a NOOP before the
+/// transaction would have found.
+pub(super) fn session_was_dead(e: &lettre::transport::smtp::Error) -> bool {
+    let closing = e.status().is_some_and(|code| code.to_string() == "421");
+    closing || !(e.is_transient() || e.is_permanent() || e.is_client() || e.is_timeout())
+}
+
 /// Failures while setting a session up (greeting, EHLO, STARTTLS, AUTH) are
 /// always transient, even with a 5xx reply: they describe the server or our
 /// configuration, not the message, and failing every queued dispatch at once

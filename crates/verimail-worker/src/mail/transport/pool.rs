@@ -1,9 +1,11 @@
 //! A small bounded pool of SMTP sessions opened by `connect::open`.
 //!
 //! Deliberately simpler than lettre's pool: no background reaper, no minimum
-//! idle count. A session is checked with NOOP before reuse, replaced when
-//! dead or idle for too long, and dropped after any failed transaction
-//! (lettre has already sent QUIT on such sessions).
+//! idle count. A session idle for more than a moment is checked with NOOP
+//! before reuse; one used within `TRUSTED_IDLE` is not, and if it turns out
+//! dead the transaction is tried once more at once on a new session. Sessions
+//! are replaced when dead or idle for too long, and dropped after any failed
+//! transaction (lettre has already sent QUIT on such sessions).
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,6 +23,13 @@ use super::error::{self, SendError};
 /// §4.5.3.2.7 lets servers drop idle clients after 5 minutes; many do
 /// sooner, and a probe that fails costs a round trip for nothing.
 const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// A session used this recently is reused without a NOOP: at hundreds of
+/// mails a second the probe was one more round trip per mail for a session
+/// that had just worked. A server that closed it meanwhile (a per-session
+/// message limit, a restart) fails the next MAIL instead, and `send` then
+/// tries once more on a new session, as the probe would have.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 pub(super) struct Pool {
     config: SmtpConfig,
@@ -65,8 +74,19 @@ impl Pool {
             .acquire()
             .await
             .map_err(|_| SendError::Transient("SMTP transport is closed".to_owned()))?;
-        let mut conn = self.checkout().await?;
-        match timeout(self.command_timeout, conn.send(envelope, message)).await {
+        let (mut conn, probed) = self.checkout().await?;
+        let mut sent = timeout(self.command_timeout, conn.send(envelope, message)).await;
+        let dead = matches!(&sent, Ok(Err(e)) if !probed && error::session_was_dead(e));
+        if dead {
+            // What the skipped NOOP would have caught: the same transaction on
+            // a new session. (A session that broke after the message was
+            // taken could duplicate it, as any retry of a broken transaction
+            // can; one that was closed while idle never got it.)
+            tracing::debug!("a reused SMTP session was dead; sending on a new one");
+            conn = self.open().await?;
+            sent = timeout(self.command_timeout, conn.send(envelope, message)).await;
+        }
+        match sent {
             Ok(Ok(_)) => {
                 self.checkin(conn);
                 Ok(())
@@ -89,14 +109,20 @@ impl Pool {
         }
     }
 
-    async fn checkout(&self) -> Result<AsyncSmtpConnection, SendError> {
+    /// A session to send on, and whether it is known to work (new, or
+    /// probed with NOOP just now) rather than trusted for its recent use.
+    async fn checkout(&self) -> Result<(AsyncSmtpConnection, bool), SendError> {
         loop {
             let Some(Idle { mut conn, since }) = self.lock_idle().pop() else {
                 break;
             };
-            if since.elapsed() > MAX_IDLE {
+            let idle = since.elapsed();
+            if idle > MAX_IDLE {
                 self.retire(conn);
                 continue;
+            }
+            if idle < TRUSTED_IDLE {
+                return Ok((conn, false));
             }
             // The server may have closed the session since (idle timeout,
             // per-session message limit): NOOP is one round trip and catches
@@ -105,11 +131,11 @@ impl Pool {
                 timeout(self.command_timeout, conn.test_connected()).await,
                 Ok(true)
             ) {
-                return Ok(conn);
+                return Ok((conn, true));
             }
             tracing::debug!("dropping a dead pooled SMTP session");
         }
-        self.open().await
+        Ok((self.open().await?, true))
     }
 
     async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
