@@ -288,6 +288,10 @@ mod tests {
                 single: vec![2, 4]
             }
         );
-        assert_eq!(w.len(), 2, "1 and 3 stay unacked, for the broker to deliver again");
+        assert_eq!(
+            w.len(),
+            2,
+            "1 and 3 stay unacked, for the broker to deliver again"
+        );
     }
 }

@@ -138,7 +138,10 @@ async fn session(
         // Every finished message's ack goes out before the channel closes;
         // aborted ones stay unacked and are delivered again.
         acks.close();
-        if tokio::time::timeout(ACK_FLUSH_GRACE, ack_sender).await.is_err() {
+        if tokio::time::timeout(ACK_FLUSH_GRACE, ack_sender)
+            .await
+            .is_err()
+        {
             tracing::warn!("the last acks were not sent in time; those messages come back");
         }
         let _ = channel.close(200, "shutdown".into()).await;
