@@ -218,9 +218,12 @@ pg_snapshot() { # database-url file
     UNION ALL SELECT 'wal_records', wal_records FROM pg_stat_wal
     UNION ALL SELECT 'wal_bytes', wal_bytes FROM pg_stat_wal
     UNION ALL SELECT 'wal_fsyncs', wal_sync FROM pg_stat_wal
-    UNION ALL SELECT 'hot_updates', n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'dispatches'
-    UNION ALL SELECT 'dispatches_open_entries_read', idx_tup_read FROM pg_stat_user_indexes
-               WHERE indexrelname = 'dispatches_open'" >"$2" 2>/dev/null || true
+    UNION ALL SELECT 'dispatch_updates', coalesce(sum(n_tup_upd), 0) FROM pg_stat_user_tables
+               WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'dispatches'::regclass)
+    UNION ALL SELECT 'hot_updates', coalesce(sum(n_tup_hot_upd), 0) FROM pg_stat_user_tables
+               WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'dispatches'::regclass)
+    UNION ALL SELECT 'dispatches_unsent_entries_read', coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+               WHERE indexrelid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'dispatches_unsent'::regclass)" >"$2" 2>/dev/null || true
 }
 pg_report() { # before after
   awk 'FNR == NR { before[$1] = $2; next } ($1 in before) { printf "%s%s +%d", sep, $1, $2 - before[$1]; sep = ", " }

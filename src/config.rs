@@ -117,7 +117,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("VERIMAIL_BRAND", "verimail", "brand name shown in the mail"),
     (
         "VERIMAIL_PREFETCH",
-        "32",
+        "64",
         "messages a worker holds (and sends) at once",
     ),
     (
@@ -569,7 +569,7 @@ mod tests {
         assert_eq!(intake.rate_limit, RateLimit::DEFAULT);
         assert_eq!(intake.listen.to_string(), "127.0.0.1:8080");
         let worker = Worker::load(&empty).expect("defaults load");
-        assert_eq!((worker.prefetch, worker.max_attempts), (32, 5));
+        assert_eq!((worker.prefetch, worker.max_attempts), (64, 5));
     }
 
     #[test]

@@ -121,6 +121,7 @@ async fn the_code_from_the_mail_verifies_once() {
     )
     .await;
     assert_eq!(status.json()["status"], "verified");
+    env.db.assert_open_means_sealed().await;
     worker.stop().await.unwrap();
     env.broker.cleanup().await;
 }
@@ -197,6 +198,7 @@ async fn expired_superseded_and_missing_codes_do_not_verify() {
         err("CBC.99004008"),
         "no code pending"
     );
+    env.db.assert_open_means_sealed().await;
     env.broker.cleanup().await;
 }
 

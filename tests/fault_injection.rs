@@ -578,6 +578,7 @@ async fn scenario(outages: Outages) {
         accepted.len() > answers.len() / 2,
         "the load mostly got through"
     );
+    support::assert_open_means_sealed(&run.db.pool).await;
     for worker in &mut run.workers {
         worker.kill();
     }

@@ -153,6 +153,7 @@ async fn a_send_becomes_one_mail_in_the_asked_language() {
     )
     .await;
     assert_eq!(no_auth.status, 401);
+    env.db.assert_open_means_sealed().await;
 
     worker.stop().await.unwrap();
     env.broker.cleanup().await;
@@ -246,6 +247,7 @@ async fn duplicates_and_two_workers_still_send_one_mail_per_dispatch() {
     message_ids.sort();
     message_ids.dedup();
     assert_eq!(message_ids.len(), 20);
+    env.db.assert_open_means_sealed().await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     env.broker.cleanup().await;
@@ -326,6 +328,7 @@ async fn expired_and_superseded_codes_are_not_sent() {
             .await,
         0
     );
+    env.db.assert_open_means_sealed().await;
     worker.stop().await.unwrap();
     env.broker.cleanup().await;
 }

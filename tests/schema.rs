@@ -1,6 +1,7 @@
 //! The schema spells a few state sets in SQL where a bound parameter cannot
-//! go (an index predicate, a CHECK constraint). These tests keep those
-//! spellings equal to `DispatchStatus`, the one definition in Rust.
+//! go (a CHECK constraint). These tests keep those spellings equal to
+//! `DispatchStatus`, the one definition in Rust, and hold the indexes and
+//! functions to what the hot path needs of them.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -23,20 +24,53 @@ fn names(set: &[DispatchStatus]) -> BTreeSet<String> {
     set.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
+/// The sweeper's index holds the open set as "still has a sealed code",
+/// keyed on the immutable id, so that no claim, renewal or retry changes an
+/// indexed column (they stay HOT; migrations/0010). The correspondence of
+/// the two sets is checked on real rows by `assert_open_means_sealed` at the
+/// end of the pipeline, check and fault-injection tests.
 #[tokio::test]
-async fn open_set_matches_the_partial_index() {
+async fn the_sweepers_index_is_keyed_on_nothing_a_claim_changes() {
     let db = TestDb::new().await;
     let definition: String = sqlx::query_scalar(
-        "SELECT indexdef FROM pg_indexes WHERE tablename = 'dispatches' AND indexname = 'dispatches_open'",
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'dispatches' AND indexname = 'dispatches_unsent'",
     )
     .fetch_one(&db.pool)
     .await
     .expect("the partial index exists");
-    let predicate = definition
-        .split_once(" WHERE ")
-        .map(|(_, p)| p)
-        .expect("a partial index");
-    assert_eq!(quoted_names(predicate), names(&DispatchStatus::OPEN));
+    assert!(
+        definition.ends_with("USING btree (id) WHERE (code_sealed IS NOT NULL)"),
+        "{definition}"
+    );
+    // Every column any index of `dispatches` uses, predicates included:
+    // what a HOT update must leave alone.
+    let indexed: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT a.attname FROM pg_index i
+           JOIN pg_attribute a ON a.attrelid = i.indrelid
+          WHERE i.indrelid = 'dispatches'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+            AND (a.attnum = ANY(i.indkey)
+                 OR pg_get_expr(i.indpred, i.indrelid) LIKE '%' || a.attname || '%')
+          ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(indexed, ["code_sealed", "created_at", "id", "recipient"]);
+    // Partitions leave room on each page for the updated versions.
+    let fillfactors: Vec<Option<Vec<String>>> = sqlx::query_scalar(
+        "SELECT c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = 'dispatches'::regclass",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(!fillfactors.is_empty());
+    assert!(
+        fillfactors
+            .iter()
+            .all(|o| o.as_deref() == Some(&["fillfactor=70".to_owned()][..])),
+        "{fillfactors:?}"
+    );
 }
 
 #[tokio::test]
@@ -64,4 +98,45 @@ async fn the_token_digest_is_documented_as_what_it_is() {
     .await
     .unwrap();
     assert!(comment.unwrap_or_default().starts_with("SHA-256"));
+}
+
+/// `verimail_id_at` bounds `id` in every per-recipient scan. It must keep
+/// 0006's value for every instant (partition bounds were made with it), and
+/// it must inline: called through the SQL function executor instead, it
+/// re-parsed its body on every statement (migrations/0009).
+#[tokio::test]
+async fn the_id_bound_keeps_its_value_and_is_inlined() {
+    let db = TestDb::new().await;
+    let (differ, total): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE verimail_id_at(t) IS DISTINCT FROM
+                    (lpad(to_hex(floor(extract(epoch FROM t) * 1000)::bigint), 12, '0')
+                     || '00000000000000000000')::uuid),
+                count(*)
+           FROM (SELECT timestamptz '2026-12-03 00:00:00+00'
+                        + (random() * 4e9 - 2e9) * interval '1 millisecond'
+                        + (random() * 1e6)::int * interval '1 microsecond'
+                        + n * interval '17 days' AS t
+                   FROM generate_series(-1000, 9000) n) s",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (differ, total),
+        (0, 10_001),
+        "values that differ from 0006's"
+    );
+
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (VERBOSE, COSTS OFF)
+         SELECT id FROM dispatches WHERE id >= verimail_id_at(clock_timestamp() - interval '1 day')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        !plan.contains("verimail_id_at"),
+        "verimail_id_at is called, not inlined:\n{plan}"
+    );
 }

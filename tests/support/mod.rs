@@ -82,6 +82,12 @@ impl TestDb {
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+
+    /// The sweeper's index (migrations/0010) takes `code_sealed IS NOT NULL`
+    /// for the open set: every row must agree.
+    pub async fn assert_open_means_sealed(&self) {
+        assert_open_means_sealed(&self.pool).await;
+    }
 }
 
 impl Drop for TestDb {
@@ -111,6 +117,22 @@ fn replace_db(url: &str, name: &str) -> String {
     let mut url = url::Url::parse(url).unwrap();
     url.set_path(&format!("/{name}"));
     url.to_string()
+}
+
+/// No dispatch is open without its sealed code, nor final with one: the
+/// sweeper's partial index `dispatches_unsent` relies on it (migrations/0010).
+pub async fn assert_open_means_sealed(pool: &PgPool) {
+    let disagree: Vec<(Uuid, String, bool)> = sqlx::query_as(
+        "SELECT id, status, code_sealed IS NOT NULL FROM dispatches
+          WHERE (status IN ('queued', 'sending', 'retrying')) <> (code_sealed IS NOT NULL)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        disagree.is_empty(),
+        "open ⇔ sealed code broken (id, status, has code): {disagree:?}"
+    );
 }
 
 pub fn unique_prefix() -> String {

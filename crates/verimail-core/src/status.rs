@@ -40,10 +40,10 @@ impl DispatchStatus {
         Self::Verified,
     ];
 
-    /// A worker may still act on these. The partial index `dispatches_open`
-    /// spells the same set in SQL (a planner cannot match a bound parameter
-    /// to an index predicate); `open_set_matches_the_partial_index` in
-    /// `tests/schema.rs` keeps the two equal.
+    /// A worker may still act on these: exactly the dispatches that hold a
+    /// sealed code (every move out of this set wipes it), which is what the
+    /// sweeper's partial index `dispatches_unsent` selects
+    /// (migrations/0010; `tests/schema.rs` checks the correspondence).
     pub const OPEN: [Self; 3] = [Self::Queued, Self::Sending, Self::Retrying];
 
     /// Waiting for a worker: claimable now, and voided by a newer code.

@@ -481,16 +481,17 @@ impl Writes {
 /// still in the intake's hands (`handoff_by` ahead) are left alone. `FOR
 /// UPDATE SKIP LOCKED` keeps concurrent sweepers from picking one row twice.
 pub async fn overdue(pool: &PgPool, grace: Duration, limit: i64) -> anyhow::Result<Vec<Uuid>> {
-    // The state list is spelled out (not bound) so the planner can use the
-    // partial index `dispatches_open`, whose predicate is the same set
-    // (`DispatchStatus::OPEN`; tests/schema.rs keeps them equal).
+    // `code_sealed IS NOT NULL` is the predicate of the partial index
+    // `dispatches_unsent` (migrations/0010), which holds the open set and
+    // nothing a claim or a retry changes; the oldest come first.
     sqlx::query_scalar(
         "WITH stuck AS (
             SELECT id FROM dispatches
-             WHERE status IN ('queued', 'sending', 'retrying')
+             WHERE code_sealed IS NOT NULL
+               AND status IN ('queued', 'sending', 'retrying')
                AND next_attempt_at < now() - make_interval(secs => $1::float8)
                AND (handoff_by IS NULL OR handoff_by < now())
-             ORDER BY next_attempt_at
+             ORDER BY id
              LIMIT $2
              FOR UPDATE SKIP LOCKED)
          UPDATE dispatches d
