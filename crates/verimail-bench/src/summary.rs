@@ -111,6 +111,22 @@ pub fn main(args: SummaryArgs) -> anyhow::Result<ExitCode> {
             *kib as f64 / 1024.0
         );
     }
+    let e2e_mails = num(&e2e, "/pipeline/sent");
+    let cpu = read_text(&dir.join("cpu-e2e.txt"))?
+        .map(|t| parse_cpu(&t))
+        .unwrap_or_default();
+    let cpu_per_mail = cpu_ms_per_mail(&cpu, e2e_mails);
+    if !cpu_per_mail.is_empty() {
+        let line: Vec<String> = cpu_per_mail
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.3}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  e2e CPU ms per mail               {}",
+            line.join(", ")
+        );
+    }
     if let Some(mails) = num(&sink, "/mails") {
         let _ = writeln!(out, "  mails the SMTP sink accepted      {mails:>9}");
     }
@@ -152,6 +168,7 @@ pub fn main(args: SummaryArgs) -> anyhow::Result<ExitCode> {
             "open_rate": open_offered,
             "open_p99_request_to_sent_ms": open_p99,
             "peak_rss_mib": rss_mib,
+            "e2e_cpu_ms_per_mail": cpu_per_mail,
             "targets": {
                 "intake": intake_ok,
                 "e2e_throughput": e2e_ok,
@@ -197,6 +214,48 @@ fn parse_rss(text: &str) -> BTreeMap<String, u64> {
     out
 }
 
+/// CPU seconds by process from bench.sh's `cpu-<phase>.txt`
+/// (`  name   12.34 s   56.7%`); other lines are skipped.
+fn parse_cpu(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("  ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [name, secs, "s", _share] = words[..] {
+            if let Ok(secs) = secs.parse::<f64>() {
+                out.insert(name.to_owned(), secs);
+            }
+        }
+    }
+    out
+}
+
+/// The phase's CPU per mail: Postgres, RabbitMQ (beam.smp), the intake,
+/// both workers together, the SMTP sink, the load generator, and their sum
+/// (the rest of the machine is left out).
+fn cpu_ms_per_mail(cpu: &BTreeMap<String, f64>, mails: Option<f64>) -> BTreeMap<String, f64> {
+    let Some(mails) = mails.filter(|m| *m > 0.0) else {
+        return BTreeMap::new();
+    };
+    let groups: [(&str, &dyn Fn(&str) -> bool); 6] = [
+        ("postgres", &|n| n == "postgres"),
+        ("rabbitmq", &|n| n == "beam.smp"),
+        ("intake", &|n| n == "intake"),
+        ("workers", &|n| n.starts_with("worker-")),
+        ("sink", &|n| n == "sink"),
+        ("client", &|n| n == "bench.sh+client"),
+    ];
+    let mut out = BTreeMap::new();
+    let mut all = 0.0;
+    for (group, member) in groups {
+        let secs: f64 = cpu.iter().filter(|(n, _)| member(n)).map(|(_, s)| s).sum();
+        let ms = 1000.0 * secs / mails;
+        all += ms;
+        out.insert(group.to_owned(), (ms * 1000.0).round() / 1000.0);
+    }
+    out.insert("all".to_owned(), (all * 1000.0).round() / 1000.0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +266,23 @@ mod tests {
         assert_eq!(rss["intake"], 3000);
         assert_eq!(rss["worker-1"], 50);
         assert_eq!(rss.len(), 2);
+    }
+
+    #[test]
+    fn cpu_per_mail_groups_the_processes() {
+        let cpu = parse_cpu(
+            "e2e: machine 90% busy; CPU seconds by process (% of one core):\n  \
+             postgres   40.00 s   70.0%\n  worker-1   10.00 s   20.0%\n  \
+             worker-2   10.00 s   20.0%\n  beam.smp   20.00 s   30.0%\n  \
+             kdamond.0   1.00 s   1.0%\n  postgres: commits +1, rows_inserted +2\n",
+        );
+        assert_eq!(cpu.len(), 5);
+        let per_mail = cpu_ms_per_mail(&cpu, Some(100_000.0));
+        assert_eq!(per_mail["postgres"], 0.4);
+        assert_eq!(per_mail["workers"], 0.2);
+        assert_eq!(per_mail["rabbitmq"], 0.2);
+        assert_eq!(per_mail["intake"], 0.0);
+        assert_eq!(per_mail["all"], 0.8);
+        assert!(cpu_ms_per_mail(&cpu, None).is_empty());
     }
 }
