@@ -229,6 +229,23 @@ fn parse_cpu(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
+const GROUPS: [&str; 6] = [
+    "postgres", "rabbitmq", "intake", "workers", "sink", "client",
+];
+
+/// Which of `GROUPS` a process of the CPU accounting belongs to.
+fn group_of(name: &str) -> Option<&'static str> {
+    match name {
+        "postgres" => Some("postgres"),
+        "beam.smp" => Some("rabbitmq"),
+        "intake" => Some("intake"),
+        "sink" => Some("sink"),
+        "bench.sh+client" => Some("client"),
+        n if n.starts_with("worker-") => Some("workers"),
+        _ => None,
+    }
+}
+
 /// The phase's CPU per mail: Postgres, RabbitMQ (beam.smp), the intake,
 /// both workers together, the SMTP sink, the load generator, and their sum
 /// (the rest of the machine is left out).
@@ -236,21 +253,18 @@ fn cpu_ms_per_mail(cpu: &BTreeMap<String, f64>, mails: Option<f64>) -> BTreeMap<
     let Some(mails) = mails.filter(|m| *m > 0.0) else {
         return BTreeMap::new();
     };
-    let groups: [(&str, &dyn Fn(&str) -> bool); 6] = [
-        ("postgres", &|n| n == "postgres"),
-        ("rabbitmq", &|n| n == "beam.smp"),
-        ("intake", &|n| n == "intake"),
-        ("workers", &|n| n.starts_with("worker-")),
-        ("sink", &|n| n == "sink"),
-        ("client", &|n| n == "bench.sh+client"),
-    ];
+    let mut secs: BTreeMap<String, f64> = GROUPS.iter().map(|g| ((*g).to_owned(), 0.0)).collect();
+    for (name, s) in cpu {
+        if let Some(group) = group_of(name) {
+            *secs.entry(group.to_owned()).or_default() += s;
+        }
+    }
     let mut out = BTreeMap::new();
     let mut all = 0.0;
-    for (group, member) in groups {
-        let secs: f64 = cpu.iter().filter(|(n, _)| member(n)).map(|(_, s)| s).sum();
-        let ms = 1000.0 * secs / mails;
+    for (group, s) in secs {
+        let ms = 1000.0 * s / mails;
         all += ms;
-        out.insert(group.to_owned(), (ms * 1000.0).round() / 1000.0);
+        out.insert(group, (ms * 1000.0).round() / 1000.0);
     }
     out.insert("all".to_owned(), (all * 1000.0).round() / 1000.0);
     out
