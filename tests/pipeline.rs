@@ -281,11 +281,25 @@ async fn a_worker_killed_mid_send_loses_nothing() {
     let doomed = TestWorker::spawn(settings.clone(), &env.db.url).await;
     let id = env.send("kill@example.com", "en-us").await;
     wait_status(&env.db.pool, id, &["sending"], WAIT).await;
+    // Mid-send means inside the SMTP transaction: the doomed worker's MAIL
+    // has taken the slow reply. (Killed between claim and MAIL, the slow
+    // reply would meet the survivor's transaction instead.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sink.scripted_left() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the doomed worker never sent MAIL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     doomed.kill();
 
     let survivor = TestWorker::spawn(settings, &env.db.url).await;
-    let (_, attempts, _) = wait_status(&env.db.pool, id, &["sent"], WAIT).await;
-    assert_eq!(attempts, 2, "claimed again once the lease ran out");
+    let (_, attempts, last_error) = wait_status(&env.db.pool, id, &["sent"], WAIT).await;
+    assert_eq!(
+        attempts, 2,
+        "claimed again once the lease ran out (last error: {last_error:?})"
+    );
     assert!(
         sink.messages()
             .iter()

@@ -322,6 +322,12 @@ impl SmtpSink {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// Scripted behaviours not yet taken by a MAIL command: 0 once every
+    /// pushed behaviour met its transaction.
+    pub fn scripted_left(&self) -> usize {
+        lock(&self.shared.script).queue.len()
+    }
+
     /// NOOP commands answered so far, on every connection.
     pub fn noops(&self) -> usize {
         self.shared.noops.load(Ordering::SeqCst)

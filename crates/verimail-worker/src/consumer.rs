@@ -89,10 +89,10 @@ async fn session(
     // Finished messages held behind a slow one before they are acked singly:
     // a quarter of the prefetch window at most stays tied up that way.
     let acks = Arc::new(Acks::new(usize::from(settings.prefetch / 4)));
-    let ack_sender = tokio::spawn({
+    let mut ack_sender = AbortOnDrop(tokio::spawn({
         let acks = acks.clone();
         async move { acks.send_until_closed().await }
-    });
+    }));
     let mut in_flight = JoinSet::new();
     let mut depth_tick = tokio::time::interval(DEPTH_SAMPLE_EVERY);
     let result = loop {
@@ -138,7 +138,7 @@ async fn session(
         // Every finished message's ack goes out before the channel closes;
         // aborted ones stay unacked and are delivered again.
         acks.close();
-        if tokio::time::timeout(ACK_FLUSH_GRACE, ack_sender)
+        if tokio::time::timeout(ACK_FLUSH_GRACE, &mut ack_sender.0)
             .await
             .is_err()
         {
@@ -153,9 +153,18 @@ async fn session(
         // find the dispatch final or leased). Aborting them would forget
         // mails SMTP had already accepted.
         in_flight.detach_all();
-        ack_sender.abort();
     }
     result
+}
+
+/// The ack sender ends with its session, however the session ends (a
+/// worker task aborted from outside included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How long a shutdown waits for the last acks to be sent.
