@@ -15,6 +15,7 @@
 //! so a slow send never ties up the prefetch window.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use lapin::Acker;
@@ -86,20 +87,15 @@ impl<A> Window<A> {
                 multiple = Some(acker);
             }
         }
-        let held = self
+        let held: Vec<u64> = self
             .slots
-            .values()
-            .filter(|s| matches!(s, Slot::Ack(_)))
-            .count();
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Ack(_)))
+            .map(|(tag, _)| *tag)
+            .collect();
         let mut single = Vec::new();
-        if held > 0 && (everything || held >= self.hold_max) {
-            let tags: Vec<u64> = self
-                .slots
-                .iter()
-                .filter(|(_, s)| matches!(s, Slot::Ack(_)))
-                .map(|(tag, _)| *tag)
-                .collect();
-            for tag in tags {
+        if !held.is_empty() && (everything || held.len() >= self.hold_max) {
+            for tag in held {
                 if let Some(Slot::Ack(acker)) = self.slots.remove(&tag) {
                     single.push(acker);
                 }
@@ -117,7 +113,7 @@ impl<A> Window<A> {
 /// A channel's window plus the task that sends its acks.
 pub struct Acks {
     window: Mutex<Window<Acker>>,
-    closing: Mutex<bool>,
+    closing: AtomicBool,
     wake: Notify,
 }
 
@@ -125,7 +121,7 @@ impl Acks {
     pub fn new(hold_max: usize) -> Self {
         Self {
             window: Mutex::new(Window::new(hold_max)),
-            closing: Mutex::new(false),
+            closing: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -150,7 +146,7 @@ impl Acks {
     pub async fn send_until_closed(&self) {
         loop {
             self.wake.notified().await;
-            let closing = *self.closing.lock().unwrap_or_else(PoisonError::into_inner);
+            let closing = self.closing.load(Ordering::Acquire);
             let flush = self.lock().take(closing);
             for acker in flush.single {
                 ack(&acker, false).await;
@@ -166,7 +162,7 @@ impl Acks {
 
     /// Asks the sender to send what is finished and stop.
     pub fn close(&self) {
-        *self.closing.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.closing.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 

@@ -1,8 +1,9 @@
 //! The broker side: consume with manual acks and a bounded prefetch, run
 //! `Processor::process` per message concurrently, ack only after the outcome
 //! is committed (in runs, with `multiple`: see `acks`), park retries in delay
-//! queues, dead-letter what cannot be decoded. Reconnects by itself; on shutdown it stops consuming, lets
-//! in-flight messages finish within the grace period, and hands back the rest.
+//! queues, dead-letter what cannot be decoded. Reconnects by itself; on
+//! shutdown it stops consuming, lets in-flight messages finish within the
+//! grace period, and hands back the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
