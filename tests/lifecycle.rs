@@ -255,6 +255,41 @@ async fn moving_the_clock_forward_creates_the_days_ahead_and_retires_the_past() 
     );
     assert!(dropped_names(&report).contains(&day_name(today - DAY)));
     assert_eq!(report.covered_until, today + DAY * 8);
+    // A day maintain made is built like one the migrations made: the same
+    // storage options (the fillfactor that keeps claims HOT, pinned by
+    // tests/schema.rs) and every index of the parent.
+    let shape = |name: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<Vec<String>>, i64)>(
+                "SELECT c.reloptions,
+                        (SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid
+                          WHERE x.indrelid = c.oid
+                            AND i.inhparent IN (SELECT indexrelid FROM pg_index
+                                                 WHERE indrelid = 'dispatches'::regclass))
+                   FROM pg_class c WHERE c.relname = $1",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let made_by_migration = shape(day_name(today + DAY * 3)).await;
+    let parent_indexes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE indrelid = 'dispatches'::regclass")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(made_by_migration.0.is_some());
+    assert_eq!(made_by_migration.1, parent_indexes);
+    for created in &report.created {
+        assert_eq!(
+            shape(created.clone()).await,
+            made_by_migration,
+            "{created}"
+        );
+    }
 }
 
 #[tokio::test]
