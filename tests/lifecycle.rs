@@ -284,11 +284,7 @@ async fn moving_the_clock_forward_creates_the_days_ahead_and_retires_the_past() 
     assert!(made_by_migration.0.is_some());
     assert_eq!(made_by_migration.1, parent_indexes);
     for created in &report.created {
-        assert_eq!(
-            shape(created.clone()).await,
-            made_by_migration,
-            "{created}"
-        );
+        assert_eq!(shape(created.clone()).await, made_by_migration, "{created}");
     }
 }
 
