@@ -21,7 +21,8 @@
 #   BENCH_AUTH (token|aksk), BENCH_RUST_LOG (info), BENCH_OUT (run directory),
 #   BENCH_ANALYZE=0 (skip the ANALYZE after the warm-ups),
 #   BENCH_COMMIT (what to call the code measured when $ROOT is no git checkout),
-#   BENCH_PG_URL (postgres://postgres@127.0.0.1:5432), AMQP_URL.
+#   BENCH_PG_URL (postgres://postgres@127.0.0.1:5432), AMQP_URL,
+#   PGSSLMODE (disable: pgbench without TLS, as verimail connects).
 # Needs: cargo, psql, pgbench, and Postgres and RabbitMQ running locally.
 # Fails on the first broken step; never on a timing.
 set -euo pipefail
@@ -310,6 +311,10 @@ SELECT count(*) FILTER (WHERE created_at > clock_timestamp() - interval '1 hour'
 INSERT INTO dispatches (id, partner_id, recipient, email, lang, ttl_minutes, status, code_digest, code_sealed, next_attempt_at, created_at, expires_at, handoff_by, updated_at) VALUES ((substr(verimail_id_at(clock_timestamp())::text, 1, 14) || substr(gen_random_uuid()::text, 15))::uuid, '$PGB_PARTNER', 'pgb-' || :client_id || '-' || :n || '@example.com', 'pgb-' || :client_id || '-' || :n || '@example.com', 'en-us', 10, 'queued', decode(repeat('ab', 32), 'hex'), decode(repeat('cd', 46), 'hex'), clock_timestamp(), clock_timestamp(), clock_timestamp() + interval '10 minutes', clock_timestamp() + interval '4 seconds', clock_timestamp());
 COMMIT;
 SQL
+# Without TLS, as verimail's own connections (its Postgres client is built
+# without TLS): libpq's default `prefer` would encrypt pgbench's traffic on a
+# cluster that offers TLS, and the ratios would flatter verimail.
+export PGSSLMODE=${PGSSLMODE:-disable}
 run_pgbench() {
   pgbench -n -M prepared -c "$C" -j 2 -T "$PG_SECS" -P 5 -f "$OUT/accept.sql" "$PG_URL/$PGB_DB" \
     >"$OUT/pgbench.txt" 2>"$OUT/pgbench.log" || { cat "$OUT/pgbench.log" >&2; die "pgbench"; }
