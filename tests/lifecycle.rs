@@ -77,6 +77,22 @@ async fn partitions(pool: &PgPool) -> BTreeSet<String> {
 
 /// A sent dispatch as if accepted at `at`: its id is made at that instant
 /// too, so it lands in the partition of that time. Returns id and code.
+/// A partition's storage options and how many of the parent's indexes it has.
+async fn partition_shape(pool: &PgPool, name: &str) -> (Option<Vec<String>>, i64) {
+    sqlx::query_as(
+        "SELECT c.reloptions,
+                (SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid
+                  WHERE x.indrelid = c.oid
+                    AND i.inhparent IN (SELECT indexrelid FROM pg_index
+                                         WHERE indrelid = 'dispatches'::regclass))
+           FROM pg_class c WHERE c.relname = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 async fn place(pool: &PgPool, partner: Uuid, email: &str, at: OffsetDateTime) -> (Uuid, String) {
     let nanos = at.unix_timestamp_nanos();
     let id = Uuid::new_v7(uuid::Timestamp::from_unix(
@@ -258,24 +274,7 @@ async fn moving_the_clock_forward_creates_the_days_ahead_and_retires_the_past() 
     // A day maintain made is built like one the migrations made: the same
     // storage options (the fillfactor that keeps claims HOT, pinned by
     // tests/schema.rs) and every index of the parent.
-    let shape = |name: String| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_as::<_, (Option<Vec<String>>, i64)>(
-                "SELECT c.reloptions,
-                        (SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid
-                          WHERE x.indrelid = c.oid
-                            AND i.inhparent IN (SELECT indexrelid FROM pg_index
-                                                 WHERE indrelid = 'dispatches'::regclass))
-                   FROM pg_class c WHERE c.relname = $1",
-            )
-            .bind(name)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
-    };
-    let made_by_migration = shape(day_name(today + DAY * 3)).await;
+    let made_by_migration = partition_shape(&db.pool, &day_name(today + DAY * 3)).await;
     let parent_indexes: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE indrelid = 'dispatches'::regclass")
             .fetch_one(&db.pool)
@@ -284,7 +283,11 @@ async fn moving_the_clock_forward_creates_the_days_ahead_and_retires_the_past() 
     assert!(made_by_migration.0.is_some());
     assert_eq!(made_by_migration.1, parent_indexes);
     for created in &report.created {
-        assert_eq!(shape(created.clone()).await, made_by_migration, "{created}");
+        assert_eq!(
+            partition_shape(&db.pool, created).await,
+            made_by_migration,
+            "{created}"
+        );
     }
 }
 
