@@ -7,12 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use uuid::Uuid;
-use verimail_core::db;
-use verimail_core::secrets::{Keys, MasterSecret};
+use verimail_domain::secrets::{Keys, MasterSecret};
+use verimail_infra::db;
 use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 
 use crate::config::{self, ConfigError, ProcessEnv, Source};
-use crate::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +101,7 @@ pub async fn main() -> ExitCode {
     let json_logs = env
         .get("VERIMAIL_LOG_FORMAT")
         .is_some_and(|f| f.eq_ignore_ascii_case("json"));
-    telemetry::init(json_logs);
+    verimail_infra::telemetry::init(json_logs);
     match run(cli.command, &env).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -150,7 +149,7 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
                 })?;
             tracing::info!(addr = %worker.metrics_listen, "worker metrics listening");
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let metrics = tokio::spawn(verimail_core::metrics_server::serve(
+            let metrics = tokio::spawn(verimail_infra::metrics_server::serve(
                 listener,
                 when_stopped(&stopped),
             ));
@@ -225,7 +224,7 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
                          "partitions": report.partitions, "covered_until": covered_until}));
         }
         Command::Forget { email } => {
-            let email = verimail_core::Email::parse(&email)
+            let email = verimail_domain::Email::parse(&email)
                 .map_err(|rejection| anyhow::anyhow!("--email: {rejection}"))?;
             let outbox = config::Worker::outbox(env)?;
             let pool = db::pool(&common.db())?;

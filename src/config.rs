@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
-use verimail_core::code::Code;
-use verimail_core::secrets::{MasterSecret, SecretUrl};
+use verimail_domain::code::Code;
+use verimail_domain::secrets::{MasterSecret, SecretUrl};
 use verimail_intake::RateLimit;
 
 /// Every variable the binary reads: name, default, meaning. The README table
@@ -314,8 +314,8 @@ impl Common {
         })
     }
 
-    pub fn db(&self) -> verimail_core::db::DbSettings {
-        verimail_core::db::DbSettings {
+    pub fn db(&self) -> verimail_infra::db::DbSettings {
+        verimail_infra::db::DbSettings {
             url: self.database_url.clone(),
             max_connections: self.db_pool_size,
             acquire_timeout: self.db_acquire_timeout,
@@ -324,8 +324,8 @@ impl Common {
     }
 
     /// For migrations: no statement timeout, a migration may rewrite a table.
-    pub fn db_for_migrations(&self) -> verimail_core::db::DbSettings {
-        verimail_core::db::DbSettings {
+    pub fn db_for_migrations(&self) -> verimail_infra::db::DbSettings {
+        verimail_infra::db::DbSettings {
             statement_timeout: None,
             ..self.db()
         }

@@ -15,8 +15,8 @@
 use anyhow::Context;
 use sqlx::PgPool;
 use uuid::Uuid;
-use verimail_core::db;
-use verimail_core::secrets::{Keys, token_digest};
+use verimail_domain::secrets::{Keys, token_digest};
+use verimail_infra::db;
 
 use crate::config::{self, ConfigError, Source};
 

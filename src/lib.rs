@@ -1,6 +1,5 @@
-//! The `verimail` binary's pieces: CLI, configuration and telemetry.
+//! The `verimail` binary's pieces: CLI and configuration (telemetry is `verimail_infra::telemetry`).
 
 pub mod cli;
 pub mod config;
 pub mod dev_bootstrap;
-pub mod telemetry;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 use time::OffsetDateTime;
-use verimail_core::sdk_signature::{self, SignedRequest};
+use verimail_domain::sdk_signature::{self, SignedRequest};
 use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 
 struct Key {

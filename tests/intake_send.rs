@@ -232,7 +232,7 @@ async fn a_204_leaves_one_row_with_its_expiry_and_one_message_without_the_code()
 
     let messages = env.broker.drain_dispatches().await;
     assert_eq!(messages.len(), 1);
-    let decoded = verimail_core::DispatchMessage::decode(&messages[0]).unwrap();
+    let decoded = verimail_domain::DispatchMessage::decode(&messages[0]).unwrap();
     assert_eq!(decoded.dispatch_id, id);
     let (sealed,): (Vec<u8>,) = sqlx::query_as("SELECT code_sealed FROM dispatches WHERE id = $1")
         .bind(id)

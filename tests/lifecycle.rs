@@ -100,7 +100,7 @@ async fn place(pool: &PgPool, partner: Uuid, email: &str, at: OffsetDateTime) ->
         (nanos / 1_000_000_000) as u64,
         (nanos % 1_000_000_000) as u32,
     ));
-    let code = verimail_core::code::Code::generate(6);
+    let code = verimail_domain::code::Code::generate(6);
     let digest = test_keys().code_digest(id, code.expose());
     sqlx::query(
         "INSERT INTO dispatches (id, partner_id, recipient, email, lang, ttl_minutes, status,
@@ -437,7 +437,7 @@ async fn fingerprint(pool: &PgPool) -> (i64, String) {
 async fn migrating_a_populated_table_keeps_every_row_and_guarantee() {
     const ROWS: i64 = 200_000;
     let db = TestDb::unmigrated().await;
-    let migrator = &verimail_core::db::MIGRATOR;
+    let migrator = &verimail_infra::db::MIGRATOR;
     migrator.run_to(5, &db.pool).await.unwrap();
     let p = partner(&db.pool, AccountKind::Partner, false).await;
     // History: two days of finished sends, UUIDv7 ids made at created_at.
@@ -469,7 +469,7 @@ async fn migrating_a_populated_table_keeps_every_row_and_guarantee() {
     assert_eq!(before.0, ROWS + 17);
 
     // Sends go on while the migration runs.
-    let writer_pool = verimail_core::db::pool(&db_settings(&db.url)).unwrap();
+    let writer_pool = verimail_infra::db::pool(&db_settings(&db.url)).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = tokio::spawn({
         let (stop, partner) = (stop.clone(), p.id);
@@ -531,8 +531,8 @@ async fn migrating_a_populated_table_keeps_every_row_and_guarantee() {
         .await
         .unwrap();
     assert_eq!(admission, verimail_intake::store::Admission::RateLimited);
-    let check = verimail_core::CheckRequest {
-        email: verimail_core::Email::parse("check@example.com").unwrap(),
+    let check = verimail_domain::CheckRequest {
+        email: verimail_domain::Email::parse("check@example.com").unwrap(),
         code,
     };
     let outcome = verimail_intake::store::check_code(&db.pool, &test_keys(), p.id, &check)

@@ -114,7 +114,7 @@ async fn requests_and_final_states_are_counted() {
     // The worker's own metrics port serves the same registry.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(verimail_core::metrics_server::serve(
+    tokio::spawn(verimail_infra::metrics_server::serve(
         listener,
         std::future::pending(),
     ));

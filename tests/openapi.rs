@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use support::*;
-use verimail_core::ErrorCode;
+use verimail_domain::ErrorCode;
 
 async fn document(stack: &Stack) -> Value {
     let reply = Reply::read(

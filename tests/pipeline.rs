@@ -228,7 +228,7 @@ async fn duplicates_and_two_workers_still_send_one_mail_per_dispatch() {
     for id in &ids[..10] {
         publish_raw(
             &publisher,
-            &verimail_core::DispatchMessage::new(*id).encode(),
+            &verimail_domain::DispatchMessage::new(*id).encode(),
         )
         .await;
     }
@@ -260,7 +260,7 @@ async fn publish_raw(broker: &Broker, payload: &[u8]) {
         .channel
         .basic_publish(
             broker.topology.dispatch_exchange().into(),
-            verimail_core::amqp::DISPATCH_ROUTING_KEY.into(),
+            verimail_infra::amqp::DISPATCH_ROUTING_KEY.into(),
             BasicPublishOptions::default(),
             payload,
             BasicProperties::default().with_delivery_mode(2),
@@ -362,7 +362,7 @@ async fn garbage_goes_to_the_dead_letter_queue_and_the_worker_keeps_going() {
     .await;
     publish_raw(
         &broker,
-        &verimail_core::DispatchMessage::new(Uuid::now_v7()).encode(),
+        &verimail_domain::DispatchMessage::new(Uuid::now_v7()).encode(),
     )
     .await;
     let id = env.send("after-garbage@example.com", "en-us").await;

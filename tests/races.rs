@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::proxy::Proxy;
 use support::*;
-use verimail_core::CodeTtl;
+use verimail_domain::CodeTtl;
 use verimail_intake::accounts::AccountKind;
 use verimail_intake::store::{self as intake_store, Admission, NewDispatch};
 use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
@@ -167,7 +167,7 @@ async fn an_outcome_write_that_fails_after_smtp_accepted_is_retried_and_mails_on
     sink.push_behaviour(Behaviour::DelayAccept(Duration::from_millis(800)));
     let p = partner(&db.pool, AccountKind::Partner, false).await;
     let (id, _) = record_dispatch(&db.pool, p.id, "once@example.com").await;
-    let pool = verimail_core::db::pool(&db_settings(&db.url_via(proxy.addr()))).unwrap();
+    let pool = verimail_infra::db::pool(&db_settings(&db.url_via(proxy.addr()))).unwrap();
     let core = processor(worker_settings(&unique_prefix(), Some(sink.url())), &pool);
 
     let outage = async {
@@ -294,7 +294,7 @@ async fn the_rate_limit_is_exact_when_the_database_defaults_to_repeatable_read()
     .await
     .unwrap();
     // A pool opened after the change, as an intake would open it.
-    let pool = verimail_core::db::pool(&db_settings(&db.url)).unwrap();
+    let pool = verimail_infra::db::pool(&db_settings(&db.url)).unwrap();
     let p = partner(&pool, AccountKind::Partner, false).await;
     let limit = verimail_intake::RateLimit {
         per_hour: 1,
@@ -304,7 +304,7 @@ async fn the_rate_limit_is_exact_when_the_database_defaults_to_repeatable_read()
     let warm: Vec<_> = futures_util::future::join_all((0..8).map(|_| pool.acquire())).await;
     drop(warm);
     let keys = test_keys();
-    let email = verimail_core::Email::parse("rr@example.com").unwrap();
+    let email = verimail_domain::Email::parse("rr@example.com").unwrap();
     let attempts: Vec<_> = (0..16)
         .map(|_| {
             let (pool, keys, email) = (pool.clone(), keys.clone(), email.clone());
@@ -314,7 +314,7 @@ async fn the_rate_limit_is_exact_when_the_database_defaults_to_repeatable_read()
                     id,
                     partner_id: p.id,
                     email: &email,
-                    lang: verimail_core::Lang::EnUs,
+                    lang: verimail_domain::Lang::EnUs,
                     ttl: CodeTtl::from_stored(5).unwrap(),
                     code_digest: keys.code_digest(id, "123456"),
                     code_sealed: keys.seal_code(id, "123456"),
@@ -339,13 +339,13 @@ async fn the_rate_limit_is_exact_when_the_database_defaults_to_repeatable_read()
 }
 
 fn record_for(partner_id: uuid::Uuid, email: &str, id: uuid::Uuid) -> intake_store::Record {
-    let email = verimail_core::Email::parse(email).unwrap();
+    let email = verimail_domain::Email::parse(email).unwrap();
     let keys = test_keys();
     intake_store::Record::from(NewDispatch {
         id,
         partner_id,
         email: &email,
-        lang: verimail_core::Lang::EnUs,
+        lang: verimail_domain::Lang::EnUs,
         ttl: CodeTtl::from_stored(5).unwrap(),
         code_digest: keys.code_digest(id, "123456"),
         code_sealed: keys.seal_code(id, "123456"),

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use support::TestDb;
-use verimail_core::DispatchStatus;
+use verimail_domain::DispatchStatus;
 
 /// The quoted names in an SQL fragment, e.g. `status IN ('a', 'b')`.
 fn quoted_names(sql: &str) -> BTreeSet<String> {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use verimail_core::sdk_signature::{self, SignedRequest};
+use verimail_domain::sdk_signature::{self, SignedRequest};
 
 fuzz_target!(|input: (&str, &str, &str, &[u8], &str)| {
     let (authorization, path, query, body, date) = input;

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use verimail_core::CheckRequest;
+use verimail_domain::CheckRequest;
 
 fuzz_target!(|body: &[u8]| {
     if let Ok(request) = CheckRequest::parse(body) {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use verimail_core::Email;
+use verimail_domain::Email;
 
 fuzz_target!(|raw: &str| {
     if let Ok(email) = Email::parse(raw) {

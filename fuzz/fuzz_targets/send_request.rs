@@ -3,14 +3,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use verimail_core::SendRequest;
+use verimail_domain::SendRequest;
 
 fuzz_target!(|body: &[u8]| {
     if let Ok(request) = SendRequest::parse(body) {
         let minutes = request.ttl.minutes();
         assert!((1..=60).contains(&minutes));
         // The canonical address parses to itself.
-        let again = verimail_core::Email::parse_stored(request.email.as_str());
+        let again = verimail_domain::Email::parse_stored(request.email.as_str());
         assert_eq!(
             again,
             Some(request.email.clone()),

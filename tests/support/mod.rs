@@ -13,9 +13,10 @@ use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
-use verimail_core::amqp::Topology;
-use verimail_core::secrets::{Keys, MasterSecret, SecretUrl};
-use verimail_core::{DispatchMessage, db};
+use verimail_domain::DispatchMessage;
+use verimail_domain::secrets::{Keys, MasterSecret, SecretUrl};
+use verimail_infra::amqp::Topology;
+use verimail_infra::db;
 use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 use verimail_intake::settings::AmqpSettings;
 use verimail_intake::{Application, IntakeSettings, RateLimit};
@@ -296,7 +297,7 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect(prefix: &str) -> Self {
-        let connection = verimail_core::amqp::connect(&amqp_url(), Duration::from_secs(5))
+        let connection = verimail_infra::amqp::connect(&amqp_url(), Duration::from_secs(5))
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
@@ -522,15 +523,15 @@ pub async fn try_record_dispatch(
     email: &str,
 ) -> anyhow::Result<(Uuid, String, verimail_intake::store::Admission)> {
     let id = Uuid::now_v7();
-    let code = verimail_core::code::Code::generate(6);
+    let code = verimail_domain::code::Code::generate(6);
     let keys = test_keys();
-    let email = verimail_core::Email::parse(email).unwrap();
+    let email = verimail_domain::Email::parse(email).unwrap();
     let new = verimail_intake::store::NewDispatch {
         id,
         partner_id,
         email: &email,
-        lang: verimail_core::Lang::EnUs,
-        ttl: verimail_core::CodeTtl::from_stored(5).unwrap(),
+        lang: verimail_domain::Lang::EnUs,
+        ttl: verimail_domain::CodeTtl::from_stored(5).unwrap(),
         code_digest: keys.code_digest(id, code.expose()),
         code_sealed: keys.seal_code(id, code.expose()),
     };

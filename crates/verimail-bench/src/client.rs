@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use time::OffsetDateTime;
 use tokio::net::TcpStream;
 use uuid::Uuid;
-use verimail_core::sdk_signature::{self, SignedRequest};
+use verimail_domain::sdk_signature::{self, SignedRequest};
 
 pub const SEND_PATH: &str = "/v2/bases/verificationcode/send";
 

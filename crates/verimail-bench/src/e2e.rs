@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
-use verimail_core::DispatchStatus;
+use verimail_domain::DispatchStatus;
 
 use anyhow::Context;
 use clap::Args;

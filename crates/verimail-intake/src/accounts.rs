@@ -6,7 +6,7 @@ use rand::RngCore;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::secrets::Keys;
+use verimail_domain::secrets::Keys;
 
 use crate::auth::revocation::{self, Revoked};
 
@@ -134,7 +134,7 @@ pub async fn issue_token(
         "INSERT INTO tokens (digest, partner_id, expires_at)
          SELECT $1, id, $3 FROM partners WHERE id = $2",
     )
-    .bind(verimail_core::secrets::token_digest(&token))
+    .bind(verimail_domain::secrets::token_digest(&token))
     .bind(partner_id)
     .bind(expires_at)
     .execute(pool)
@@ -149,7 +149,7 @@ pub async fn issue_token(
 /// Returns whether a live token was revoked. Every intake hears of it in the
 /// same commit (see `auth::revocation`).
 pub async fn revoke_token(pool: &PgPool, token: &str) -> anyhow::Result<bool> {
-    let digest = verimail_core::secrets::token_digest(token.trim());
+    let digest = verimail_domain::secrets::token_digest(token.trim());
     let revoked: i64 = sqlx::query_scalar(
         "WITH revoked AS (
             UPDATE tokens SET revoked_at = now() WHERE digest = $1 AND revoked_at IS NULL

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use verimail_core::metrics as m;
-use verimail_core::publisher::Publisher;
+use verimail_infra::metrics as m;
+use verimail_infra::publisher::Publisher;
 
 /// How often the queue depth is read (one passive declare each time).
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);

@@ -3,8 +3,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use verimail_core::ErrorCode;
-use verimail_core::request::Rejection;
+use verimail_domain::ErrorCode;
+use verimail_domain::request::Rejection;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 

@@ -8,7 +8,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
-use verimail_core::ErrorCode;
+use verimail_domain::ErrorCode;
 
 /// How long an answer is remembered.
 pub const WINDOW: Duration = Duration::from_secs(24 * 3600);

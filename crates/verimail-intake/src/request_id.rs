@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 use uuid::Uuid;
-use verimail_core::metrics as m;
+use verimail_infra::metrics as m;
 
 pub const HEADER: &str = "x-request-id";
 
@@ -36,7 +36,7 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         }
         let code = response
             .extensions()
-            .get::<verimail_core::ErrorCode>()
+            .get::<verimail_domain::ErrorCode>()
             .map(|c| c.code());
         let outcome = code.map_or_else(|| response.status().as_u16().to_string(), str::to_owned);
         metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.clone(), "outcome" => outcome)

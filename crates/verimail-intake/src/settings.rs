@@ -37,7 +37,7 @@ impl RateLimit {
 
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    pub url: verimail_core::secrets::SecretUrl,
+    pub url: verimail_domain::secrets::SecretUrl,
     pub prefix: String,
     pub publish_timeout: Duration,
 }

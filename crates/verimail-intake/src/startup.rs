@@ -9,10 +9,10 @@ use axum::Router;
 use axum::routing::{MethodRouter, get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use verimail_core::ErrorCode;
-use verimail_core::amqp::Topology;
-use verimail_core::publisher::{Publisher, PublisherSettings};
-use verimail_core::secrets::Keys;
+use verimail_domain::ErrorCode;
+use verimail_domain::secrets::Keys;
+use verimail_infra::amqp::Topology;
+use verimail_infra::publisher::{Publisher, PublisherSettings};
 
 use crate::auth::Authenticator;
 use crate::error::ApiError;
@@ -67,7 +67,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
-        verimail_core::metrics::install();
+        verimail_infra::metrics::install();
         let metrics = match settings.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -150,9 +150,12 @@ impl Application {
                 tracing::info!(%addr, "intake metrics listening");
             }
             let mut stopped = stopped.clone();
-            tokio::spawn(verimail_core::metrics_server::serve(listener, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }))
+            tokio::spawn(verimail_infra::metrics_server::serve(
+                listener,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
         });
         let served = crate::serve::serve(self.listener, self.router, self.limits, async move {
             shutdown.await;

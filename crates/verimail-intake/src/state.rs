@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use verimail_core::publisher::Publisher;
-use verimail_core::secrets::Keys;
+use verimail_domain::secrets::Keys;
+use verimail_infra::publisher::Publisher;
 
 use crate::IntakeSettings;
 use crate::auth::Authenticator;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::{CodeTtl, DispatchStatus, Email, Lang};
+use verimail_domain::{CodeTtl, DispatchStatus, Email, Lang};
 
 use crate::RateLimit;
 
@@ -176,7 +176,7 @@ async fn accept_one(
 
 /// The intake's records, group-committed across concurrent sends.
 pub struct Records {
-    batcher: verimail_core::batch::Batcher<Record, Result<Admission, String>>,
+    batcher: verimail_infra::batch::Batcher<Record, Result<Admission, String>>,
 }
 
 /// Records per statement at most.
@@ -186,7 +186,7 @@ impl Records {
     pub fn new(pool: &PgPool, limit: RateLimit, handoff_window: std::time::Duration) -> Self {
         let pool = pool.clone();
         Self {
-            batcher: verimail_core::batch::Batcher::spawn(
+            batcher: verimail_infra::batch::Batcher::spawn(
                 BATCH_MAX,
                 move |records: Vec<Record>| {
                     let pool = pool.clone();
@@ -308,9 +308,9 @@ pub enum CheckOutcome {
 /// the allowed wrong tries.
 pub async fn check_code(
     pool: &PgPool,
-    keys: &verimail_core::secrets::Keys,
+    keys: &verimail_domain::secrets::Keys,
     partner_id: Uuid,
-    request: &verimail_core::CheckRequest,
+    request: &verimail_domain::CheckRequest,
 ) -> anyhow::Result<CheckOutcome> {
     let mut tx = pool.begin().await.context("starting the check")?;
     let newest: Option<(Uuid, DispatchStatus, i32, Vec<u8>, bool)> = sqlx::query_as(
@@ -365,10 +365,10 @@ pub async fn check_code(
 
 async fn matches_an_older_code(
     tx: &mut sqlx::PgConnection,
-    keys: &verimail_core::secrets::Keys,
+    keys: &verimail_domain::secrets::Keys,
     newest: Uuid,
     partner_id: Uuid,
-    request: &verimail_core::CheckRequest,
+    request: &verimail_domain::CheckRequest,
 ) -> anyhow::Result<bool> {
     // The daily rate limit bounds how many there can be.
     let older: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(

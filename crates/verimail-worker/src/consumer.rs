@@ -15,10 +15,10 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, 
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use verimail_core::DispatchMessage;
-use verimail_core::amqp::{self, Topology};
-use verimail_core::metrics as m;
-use verimail_core::publisher::{Publisher, Route};
+use verimail_domain::DispatchMessage;
+use verimail_infra::amqp::{self, Topology};
+use verimail_infra::metrics as m;
+use verimail_infra::publisher::{Publisher, Route};
 
 use crate::acks::Acks;
 use crate::process::{Next, Processor};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sqlx::PgPool;
 use uuid::Uuid;
-use verimail_core::Email;
+use verimail_domain::Email;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Erased {

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::watch;
-use verimail_core::amqp::Topology;
-use verimail_core::publisher::{Publisher, PublisherSettings};
-use verimail_core::secrets::{Keys, SecretUrl};
+use verimail_domain::secrets::{Keys, SecretUrl};
+use verimail_infra::amqp::Topology;
+use verimail_infra::publisher::{Publisher, PublisherSettings};
 
 pub use process::{Next, Processor};
 pub use settings::WorkerSettings;

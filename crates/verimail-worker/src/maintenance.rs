@@ -14,7 +14,7 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::metrics as m;
+use verimail_infra::metrics as m;
 
 /// Days of partitions kept ready after today's.
 pub const AHEAD_DAYS: i64 = 3;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::DispatchStatus;
-use verimail_core::metrics as m;
-use verimail_core::secrets::Keys;
+use verimail_domain::DispatchStatus;
+use verimail_domain::secrets::Keys;
+use verimail_infra::metrics as m;
 
 use crate::WorkerSettings;
 use crate::mail::{self, CodeMail, SendError, Transport};
@@ -198,7 +198,7 @@ impl Processor {
         }
         tracing::debug!(
             attempts = claimed.attempts,
-            to = claimed.email.redacted(),
+            to = verimail_infra::telemetry::redact(claimed.email.as_str()),
             "sending"
         );
         match self.attempt(id, claimed).await {
@@ -274,7 +274,7 @@ pub fn after_transient(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verimail_core::secrets::SecretUrl;
+    use verimail_domain::secrets::SecretUrl;
 
     fn settings(retry_delays: &[u64], max_attempts: u32) -> WorkerSettings {
         WorkerSettings {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use verimail_core::secrets::SecretUrl;
+use verimail_domain::secrets::SecretUrl;
 
 use crate::mail::MailSettings;
 

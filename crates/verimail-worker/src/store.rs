@@ -10,7 +10,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::{CodeTtl, DispatchStatus, Email, Lang};
+use verimail_domain::{CodeTtl, DispatchStatus, Email, Lang};
 
 /// A claimed dispatch as the row stores it; decoded once into `Claimed`.
 #[derive(Debug, sqlx::FromRow)]
@@ -433,8 +433,8 @@ pub async fn finish_many(pool: &PgPool, items: &[Finish]) -> Vec<Result<bool, St
 
 /// The worker's claims and outcome writes, group-committed (see `batch`).
 pub struct Writes {
-    claims: verimail_core::batch::Batcher<Uuid, Result<Claim, String>>,
-    outcomes: verimail_core::batch::Batcher<Finish, Result<bool, String>>,
+    claims: verimail_infra::batch::Batcher<Uuid, Result<Claim, String>>,
+    outcomes: verimail_infra::batch::Batcher<Finish, Result<bool, String>>,
 }
 
 /// Requests per statement at most.
@@ -444,14 +444,17 @@ impl Writes {
     pub fn new(pool: &PgPool, lease: Duration) -> Self {
         let (claim_pool, finish_pool) = (pool.clone(), pool.clone());
         Self {
-            claims: verimail_core::batch::Batcher::spawn(BATCH_MAX, move |ids: Vec<Uuid>| {
+            claims: verimail_infra::batch::Batcher::spawn(BATCH_MAX, move |ids: Vec<Uuid>| {
                 let pool = claim_pool.clone();
                 async move { Ok(claim_many(&pool, &ids, lease).await) }
             }),
-            outcomes: verimail_core::batch::Batcher::spawn(BATCH_MAX, move |items: Vec<Finish>| {
-                let pool = finish_pool.clone();
-                async move { Ok(finish_many(&pool, &items).await) }
-            }),
+            outcomes: verimail_infra::batch::Batcher::spawn(
+                BATCH_MAX,
+                move |items: Vec<Finish>| {
+                    let pool = finish_pool.clone();
+                    async move { Ok(finish_many(&pool, &items).await) }
+                },
+            ),
         }
     }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use verimail_core::metrics as m;
-use verimail_core::publisher::{Publisher, Route};
+use verimail_infra::metrics as m;
+use verimail_infra::publisher::{Publisher, Route};
 
 use crate::process::Processor;
 use crate::store;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use lettre::Message;
 use uuid::Uuid;
-use verimail_core::Lang;
+use verimail_domain::Lang;
 use verimail_testkit::smtp_sink::{Behaviour, MailView, SinkOptions, SmtpSink};
 use verimail_worker::mail::{CodeMail, MailSettings, SendError, Transport, render};
 

@@ -17,8 +17,8 @@ use axum::http::{HeaderMap, Method, Uri};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::ErrorCode;
-use verimail_core::secrets::{self, Keys};
+use verimail_domain::ErrorCode;
+use verimail_domain::secrets::{self, Keys};
 
 use self::cache::Cache;
 use crate::accounts::{AccountKind, AccountStatus};
@@ -92,7 +92,7 @@ impl Authenticator {
                 UNKNOWN_TTL
             }),
             lookups: tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE),
-            max_skew: verimail_core::sdk_signature::DEFAULT_MAX_SKEW,
+            max_skew: verimail_domain::sdk_signature::DEFAULT_MAX_SKEW,
         }
     }
 
@@ -135,7 +135,7 @@ impl Authenticator {
     /// is live (the signature covers the body, so it cannot be verified).
     pub async fn authenticate_unsigned(&self, request: &Presented<'_>) -> Result<Caller, ApiError> {
         if let Some(value) = sdk_authorization(request.headers)? {
-            let parsed = verimail_core::sdk_signature::parse_authorization(value)
+            let parsed = verimail_domain::sdk_signature::parse_authorization(value)
                 .map_err(|e| unauthenticated(&e.to_string()))?;
             let (account, _) = self.access_key(&parsed.access_key).await?;
             if account.revoked {
@@ -239,7 +239,7 @@ impl Authenticator {
         request: &Presented<'_>,
         authorization: &str,
     ) -> Result<(Account, [u8; 32]), ApiError> {
-        let parsed = verimail_core::sdk_signature::parse_authorization(authorization)
+        let parsed = verimail_domain::sdk_signature::parse_authorization(authorization)
             .map_err(|e| unauthenticated(&e.to_string()))?;
         let (account, secret) = self.access_key(&parsed.access_key).await?;
         if account.revoked {

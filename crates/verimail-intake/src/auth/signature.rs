@@ -8,8 +8,8 @@ use axum::http::HeaderMap;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use verimail_core::sdk_signature::{self, AuthorizationHeader, SignedRequest};
-use verimail_core::secrets::Keys;
+use verimail_domain::sdk_signature::{self, AuthorizationHeader, SignedRequest};
+use verimail_domain::secrets::Keys;
 
 use super::{Account, Presented};
 

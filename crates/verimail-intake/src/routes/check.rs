@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use verimail_core::{CheckRequest, ErrorCode};
+use verimail_domain::{CheckRequest, ErrorCode};
 
 use crate::error::{ApiError, Result};
 use crate::routes::AuthenticatedJson;
@@ -17,7 +17,7 @@ pub async fn check(
 ) -> Result<Response> {
     let request = CheckRequest::parse(&body)?;
     let outcome = store::check_code(&state.pool, &state.keys, caller.partner_id, &request).await?;
-    tracing::info!(outcome = ?outcome, email = request.email.redacted(), "code checked");
+    tracing::info!(outcome = ?outcome, email = verimail_infra::telemetry::redact(request.email.as_str()), "code checked");
     match outcome {
         CheckOutcome::Verified(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         CheckOutcome::Wrong => Err(ApiError::new(ErrorCode::CodeWrong)),

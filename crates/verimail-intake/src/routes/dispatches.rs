@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
 use uuid::Uuid;
-use verimail_core::ErrorCode;
+use verimail_domain::ErrorCode;
 
 use crate::auth::Presented;
 use crate::error::{ApiError, Result};

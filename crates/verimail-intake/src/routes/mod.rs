@@ -7,7 +7,7 @@ pub mod send;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
-use verimail_core::ErrorCode;
+use verimail_domain::ErrorCode;
 
 use crate::error::ApiError;
 

@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 use uuid::Uuid;
-use verimail_core::code::Code;
-use verimail_core::publisher::Route;
-use verimail_core::{ErrorCode, SendRequest};
+use verimail_domain::code::Code;
+use verimail_domain::{ErrorCode, SendRequest};
+use verimail_infra::publisher::Route;
 
 use crate::error::{ApiError, Result};
 use crate::replays;
@@ -85,7 +85,7 @@ async fn send_once(state: AppState, id: Uuid, partner_id: Uuid, body: &[u8]) -> 
             crate::backlog::RETRY_AFTER_SECS,
         ));
     }
-    tracing::debug!(%partner_id, email = request.email.redacted(), "send accepted for checks");
+    tracing::debug!(%partner_id, email = verimail_infra::telemetry::redact(request.email.as_str()), "send accepted for checks");
     // Recording and hand-off run in a task of their own: a client that hangs
     // up drops this handler, but must not strand a dispatch that was already
     // committed (it is still published, or marked failed, at once).

@@ -10,7 +10,7 @@ use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use uuid::Uuid;
-use verimail_core::Lang;
+use verimail_domain::Lang;
 
 /// Sender-side configuration, fixed for the life of the worker.
 #[derive(Debug, Clone)]

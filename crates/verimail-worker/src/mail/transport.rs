@@ -181,7 +181,7 @@ mod tls_tests {
         let mail = CodeMail {
             dispatch_id: uuid::Uuid::now_v7(),
             to: "user@example.org",
-            lang: verimail_core::Lang::ZhCn,
+            lang: verimail_domain::Lang::ZhCn,
             code: "246810",
             valid_minutes: 5,
         };

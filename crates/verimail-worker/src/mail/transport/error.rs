@@ -78,5 +78,5 @@ fn describe(e: &lettre::transport::smtp::Error) -> String {
         (Some(code), None) => code.to_string(),
         _ => e.to_string(),
     };
-    verimail_core::request::redact_addresses(&text)
+    verimail_infra::telemetry::redact_addresses(&text)
 }

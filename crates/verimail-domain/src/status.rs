@@ -11,11 +11,6 @@
 //! Every transition is a conditional `UPDATE … WHERE status = ANY(…)`, so a
 //! duplicate message or a second worker cannot move a dispatch twice.
 
-use sqlx::encode::IsNull;
-use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
-use sqlx::{Decode, Encode, Postgres, Type};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DispatchStatus {
     Queued,
@@ -91,37 +86,47 @@ impl serde::Serialize for DispatchStatus {
     }
 }
 
-// Stored as `text` (checked by a CHECK constraint), so the SQL type is text's.
-impl Type<Postgres> for DispatchStatus {
-    fn type_info() -> PgTypeInfo {
-        <&str as Type<Postgres>>::type_info()
+/// Stored as `text` (checked by a CHECK constraint), so the SQL type is
+/// text's. Behind the `sqlx` feature so the domain builds without any I/O.
+#[cfg(feature = "sqlx")]
+mod sql {
+    use super::DispatchStatus;
+    use sqlx::encode::IsNull;
+    use sqlx::error::BoxDynError;
+    use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
+    use sqlx::{Decode, Encode, Postgres, Type};
+
+    impl Type<Postgres> for DispatchStatus {
+        fn type_info() -> PgTypeInfo {
+            <&str as Type<Postgres>>::type_info()
+        }
+
+        fn compatible(ty: &PgTypeInfo) -> bool {
+            <&str as Type<Postgres>>::compatible(ty)
+        }
     }
 
-    fn compatible(ty: &PgTypeInfo) -> bool {
-        <&str as Type<Postgres>>::compatible(ty)
-    }
-}
+    impl PgHasArrayType for DispatchStatus {
+        fn array_type_info() -> PgTypeInfo {
+            <&str as PgHasArrayType>::array_type_info()
+        }
 
-impl PgHasArrayType for DispatchStatus {
-    fn array_type_info() -> PgTypeInfo {
-        <&str as PgHasArrayType>::array_type_info()
+        fn array_compatible(ty: &PgTypeInfo) -> bool {
+            <&str as PgHasArrayType>::array_compatible(ty)
+        }
     }
 
-    fn array_compatible(ty: &PgTypeInfo) -> bool {
-        <&str as PgHasArrayType>::array_compatible(ty)
+    impl Encode<'_, Postgres> for DispatchStatus {
+        fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+            <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+        }
     }
-}
 
-impl Encode<'_, Postgres> for DispatchStatus {
-    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        <&str as Encode<Postgres>>::encode(self.as_str(), buf)
-    }
-}
-
-impl<'r> Decode<'r, Postgres> for DispatchStatus {
-    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        let name = <&str as Decode<Postgres>>::decode(value)?;
-        Self::parse(name).ok_or_else(|| format!("unknown dispatch status {name:?}").into())
+    impl<'r> Decode<'r, Postgres> for DispatchStatus {
+        fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+            let name = <&str as Decode<Postgres>>::decode(value)?;
+            Self::parse(name).ok_or_else(|| format!("unknown dispatch status {name:?}").into())
+        }
     }
 }
 

@@ -16,9 +16,9 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use uuid::Uuid;
 
-use crate::DispatchMessage;
 use crate::amqp::{self, DISPATCH_ROUTING_KEY, Topology};
 use crate::metrics as m;
+use verimail_domain::DispatchMessage;
 
 /// How often a dead broker is re-tried: publishes in between fail at once
 /// instead of queueing behind connection attempts.
@@ -76,7 +76,7 @@ impl Route {
 /// What a publisher connects to and declares.
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
-    pub url: crate::secrets::SecretUrl,
+    pub url: verimail_domain::secrets::SecretUrl,
     pub topology: Topology,
     /// Bounds connecting and each publish's confirm.
     pub timeout: Duration,

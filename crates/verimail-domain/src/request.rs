@@ -91,11 +91,6 @@ impl Email {
     pub fn normalised(&self) -> String {
         self.0.to_ascii_lowercase()
     }
-
-    /// For logs: keeps the domain, hides the mailbox.
-    pub fn redacted(&self) -> String {
-        redact(&self.0)
-    }
 }
 
 /// `local@domain` in its one spelling, or `None` when the address has
@@ -149,41 +144,6 @@ fn is_format_char(c: char) -> bool {
         | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
         | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
-}
-
-/// Hides the local part of every address in a text (SMTP replies often
-/// quote the recipient: `550 5.1.1 <victim@x.example>: unknown user`).
-pub fn redact_addresses(text: &str) -> String {
-    let is_part = |c: char| !c.is_whitespace() && !"<>()[],;:\"'".contains(c);
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('@') {
-        let start = rest[..at]
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !is_part(*c))
-            .map_or(0, |(i, c)| i + c.len_utf8());
-        let end = rest[at..]
-            .char_indices()
-            .find(|(_, c)| !is_part(*c))
-            .map_or(rest.len(), |(i, _)| at + i);
-        out.push_str(&rest[..start]);
-        out.push_str(&redact(&rest[start..end]));
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Hides the local part of an address for logs (`a***@example.com`).
-pub fn redact(address: &str) -> String {
-    match address.rsplit_once('@') {
-        Some((local, domain)) => {
-            let first = local.chars().next().unwrap_or('*');
-            format!("{first}***@{domain}")
-        }
-        None => "***".to_owned(),
-    }
 }
 
 /// The language of the mail.
@@ -499,7 +459,6 @@ mod tests {
         let email = Email::parse("  User@Example.COM ").expect("valid");
         assert_eq!(email.as_str(), "User@example.com");
         assert_eq!(email.normalised(), "user@example.com");
-        assert_eq!(email.redacted(), "U***@example.com");
     }
 
     #[test]
@@ -573,19 +532,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn addresses_in_smtp_replies_are_redacted() {
-        assert_eq!(
-            redact_addresses("550 5.1.1 <victim@x.example>: Recipient address rejected"),
-            "550 5.1.1 <v***@x.example>: Recipient address rejected"
-        );
-        assert_eq!(
-            redact_addresses("451 a@b.example and c.d@e.example busy"),
-            "451 a***@b.example and c***@e.example busy"
-        );
-        assert_eq!(redact_addresses("421 try later"), "421 try later");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 
 #[derive(Debug, Clone)]
 pub struct DbSettings {
-    pub url: crate::secrets::SecretUrl,
+    pub url: verimail_domain::secrets::SecretUrl,
     pub max_connections: u32,
     /// Bound on waiting for a connection, so an outage fails requests fast.
     pub acquire_timeout: Duration,
@@ -54,7 +54,9 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Creates the database named in `url` when it does not exist yet.
-pub async fn create_database_if_missing(url: &crate::secrets::SecretUrl) -> anyhow::Result<()> {
+pub async fn create_database_if_missing(
+    url: &verimail_domain::secrets::SecretUrl,
+) -> anyhow::Result<()> {
     let options: PgConnectOptions = url
         .expose()
         .parse()
