@@ -530,16 +530,23 @@ async fn migrating_a_populated_table_keeps_every_row_and_guarantee() {
     let admission = try_accept(&db.pool, p.id, "limit@example.com")
         .await
         .unwrap();
-    assert_eq!(admission, verimail_intake::store::Admission::RateLimited);
+    assert_eq!(
+        admission,
+        verimail_infra::store::dispatches::Admission::RateLimited
+    );
     let check = verimail_domain::CheckRequest {
         email: verimail_domain::Email::parse("check@example.com").unwrap(),
         code,
     };
-    let outcome = verimail_intake::store::check_code(&db.pool, &test_keys(), p.id, &check)
-        .await
-        .unwrap();
+    let outcome =
+        verimail_infra::store::dispatches::check::check_code(&db.pool, &test_keys(), p.id, &check)
+            .await
+            .unwrap();
     assert!(
-        matches!(outcome, verimail_intake::store::CheckOutcome::Verified(_)),
+        matches!(
+            outcome,
+            verimail_infra::store::dispatches::CheckOutcome::Verified(_)
+        ),
         "{outcome:?}"
     );
     let sink = SmtpSink::start().await;
@@ -578,13 +585,13 @@ async fn try_accept(
     pool: &PgPool,
     partner_id: Uuid,
     email: &str,
-) -> anyhow::Result<verimail_intake::store::Admission> {
+) -> anyhow::Result<verimail_infra::store::dispatches::Admission> {
     Ok(try_record_dispatch(pool, partner_id, email).await?.2)
 }
 
 async fn try_record(pool: &PgPool, partner_id: Uuid, email: &str) -> anyhow::Result<()> {
     match try_accept(pool, partner_id, email).await? {
-        verimail_intake::store::Admission::Accepted { .. } => Ok(()),
+        verimail_infra::store::dispatches::Admission::Accepted { .. } => Ok(()),
         other => anyhow::bail!("{other:?}"),
     }
 }

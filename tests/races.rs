@@ -12,11 +12,11 @@ use std::time::Duration;
 use support::proxy::Proxy;
 use support::*;
 use verimail_domain::CodeTtl;
+use verimail_infra::store::dispatches::accept as intake_store;
+use verimail_infra::store::dispatches::{self as store, Admission, Claim, NewDispatch, Outcome};
 use verimail_intake::accounts::AccountKind;
-use verimail_intake::store::{self as intake_store, Admission, NewDispatch};
 use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
 use verimail_worker::Next;
-use verimail_worker::store::{self, Claim, Outcome};
 
 async fn status_of(pool: &sqlx::PgPool, id: uuid::Uuid) -> String {
     sqlx::query_scalar("SELECT status FROM dispatches WHERE id = $1")
@@ -83,7 +83,7 @@ async fn batched_claims_and_outcomes_are_fenced_row_by_row() {
             outcome: Outcome::Sent,
         })
         .collect();
-    let written = store::finish_many(&db.pool, &outcomes).await;
+    let written = with_error_texts(store::finish_many(&db.pool, &outcomes).await);
     assert_eq!(written, vec![Ok(false), Ok(true), Ok(true)]);
     assert_eq!(status_of(&db.pool, ids[0]).await, "sending");
     assert_eq!(status_of(&db.pool, ids[1]).await, "sent");
@@ -313,13 +313,13 @@ async fn the_rate_limit_is_exact_when_the_database_defaults_to_repeatable_read()
                 let new = NewDispatch {
                     id,
                     partner_id: p.id,
-                    email: &email,
+                    email,
                     lang: verimail_domain::Lang::EnUs,
                     ttl: CodeTtl::from_stored(5).unwrap(),
                     code_digest: keys.code_digest(id, "123456"),
                     code_sealed: keys.seal_code(id, "123456"),
                 };
-                intake_store::accept(&pool, new, limit, Duration::from_secs(3))
+                intake_store::accept(&pool, &new, limit, Duration::from_secs(3))
                     .await
                     .unwrap()
             })
@@ -338,18 +338,18 @@ async fn the_rate_limit_is_exact_when_the_database_defaults_to_repeatable_read()
     assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 1);
 }
 
-fn record_for(partner_id: uuid::Uuid, email: &str, id: uuid::Uuid) -> intake_store::Record {
+fn record_for(partner_id: uuid::Uuid, email: &str, id: uuid::Uuid) -> NewDispatch {
     let email = verimail_domain::Email::parse(email).unwrap();
     let keys = test_keys();
-    intake_store::Record::from(NewDispatch {
+    NewDispatch {
         id,
         partner_id,
-        email: &email,
+        email,
         lang: verimail_domain::Lang::EnUs,
         ttl: CodeTtl::from_stored(5).unwrap(),
         code_digest: keys.code_digest(id, "123456"),
         code_sealed: keys.seal_code(id, "123456"),
-    })
+    }
 }
 
 /// The intake's group commit: sends to one address in one batch count each
@@ -371,7 +371,8 @@ async fn a_batch_of_records_keeps_the_limit_exact_and_fails_only_the_bad_one() {
         1,
         record_for(p.id, "other@example.com", uuid::Uuid::now_v7()),
     );
-    let answers = intake_store::accept_many(&db.pool, &batch, limit, window).await;
+    let answers =
+        with_error_texts(intake_store::accept_many(&db.pool, &batch, limit, window).await);
     assert_eq!(
         answers,
         vec![
@@ -399,7 +400,8 @@ async fn a_batch_of_records_keeps_the_limit_exact_and_fails_only_the_bad_one() {
         record_for(p.id, "skewed@example.com", skewed),
         record_for(p.id, "fine@example.com", uuid::Uuid::now_v7()),
     ];
-    let answers = intake_store::accept_many(&db.pool, &batch, limit, window).await;
+    let answers =
+        with_error_texts(intake_store::accept_many(&db.pool, &batch, limit, window).await);
     assert!(
         answers[0].as_ref().is_err_and(|e| e.contains("clock")),
         "{answers:?}"
@@ -411,4 +413,13 @@ async fn a_batch_of_records_keeps_the_limit_exact_and_fails_only_the_bad_one() {
         })
     );
     assert_eq!(db.count("SELECT count(*) FROM dispatches").await, 4);
+}
+
+/// The answers with each error as its text (cause chain included), to
+/// compare and search.
+fn with_error_texts<T>(answers: Vec<anyhow::Result<T>>) -> Vec<Result<T, String>> {
+    answers
+        .into_iter()
+        .map(|answer| answer.map_err(|e| format!("{e:#}")))
+        .collect()
 }

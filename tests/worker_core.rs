@@ -137,7 +137,7 @@ async fn a_live_lease_of_another_worker_is_rechecked_when_it_ends() {
     let Next::Recheck(wait) = t.core.process(id).await.unwrap() else {
         panic!("expected a re-check behind the other worker's lease");
     };
-    let end = Duration::from_secs(20) + verimail_worker::store::TAKEOVER_GRACE;
+    let end = Duration::from_secs(20) + verimail_infra::store::dispatches::TAKEOVER_GRACE;
     assert!(
         wait > end - Duration::from_secs(5) && wait <= end,
         "{wait:?}"

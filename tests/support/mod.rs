@@ -511,7 +511,7 @@ pub async fn record_dispatch(pool: &PgPool, partner_id: Uuid, email: &str) -> (U
     let (id, code, admission) = try_record_dispatch(pool, partner_id, email).await.unwrap();
     assert!(matches!(
         admission,
-        verimail_intake::store::Admission::Accepted { .. }
+        verimail_infra::store::dispatches::Admission::Accepted { .. }
     ));
     (id, code)
 }
@@ -521,23 +521,27 @@ pub async fn try_record_dispatch(
     pool: &PgPool,
     partner_id: Uuid,
     email: &str,
-) -> anyhow::Result<(Uuid, String, verimail_intake::store::Admission)> {
+) -> anyhow::Result<(Uuid, String, verimail_infra::store::dispatches::Admission)> {
     let id = Uuid::now_v7();
     let code = verimail_domain::code::Code::generate(6);
     let keys = test_keys();
     let email = verimail_domain::Email::parse(email).unwrap();
-    let new = verimail_intake::store::NewDispatch {
+    let new = verimail_infra::store::dispatches::NewDispatch {
         id,
         partner_id,
-        email: &email,
+        email,
         lang: verimail_domain::Lang::EnUs,
         ttl: verimail_domain::CodeTtl::from_stored(5).unwrap(),
         code_digest: keys.code_digest(id, code.expose()),
         code_sealed: keys.seal_code(id, code.expose()),
     };
-    let admission =
-        verimail_intake::store::accept(pool, new, RateLimit::DEFAULT, Duration::from_secs(3))
-            .await?;
+    let admission = verimail_infra::store::dispatches::accept::accept(
+        pool,
+        &new,
+        RateLimit::DEFAULT,
+        Duration::from_secs(3),
+    )
+    .await?;
     Ok((id, code.expose().to_owned(), admission))
 }
 

@@ -7,6 +7,7 @@
 pub mod code;
 pub mod error_code;
 pub mod message;
+pub mod rate_limit;
 pub mod request;
 pub mod sdk_signature;
 pub mod secrets;
@@ -14,5 +15,6 @@ pub mod status;
 
 pub use error_code::ErrorCode;
 pub use message::DispatchMessage;
+pub use rate_limit::RateLimit;
 pub use request::{CheckRequest, CodeTtl, Email, Lang, SendRequest};
 pub use status::DispatchStatus;

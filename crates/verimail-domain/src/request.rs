@@ -206,6 +206,8 @@ impl CodeTtl {
     pub const DEFAULT_MINUTES: u32 = 10;
     /// The seed fixes any timeout over an hour to 5 minutes.
     pub const CAPPED_MINUTES: u32 = 5;
+    /// The longest lifetime a code can have: no code older than this is live.
+    pub const MAX_MINUTES: u32 = 60;
 
     pub fn parse_field(value: Option<&Value>) -> Result<Self, Rejection> {
         let minutes = match value {
@@ -227,7 +229,7 @@ impl CodeTtl {
     pub fn from_stored(minutes: i64) -> Option<Self> {
         u32::try_from(minutes)
             .ok()
-            .filter(|m| (1..=60).contains(m))
+            .filter(|m| (1..=Self::MAX_MINUTES).contains(m))
             .map(Self)
     }
 

@@ -9,4 +9,5 @@ pub mod db;
 pub mod metrics;
 pub mod metrics_server;
 pub mod publisher;
+pub mod store;
 pub mod telemetry;

@@ -12,7 +12,6 @@ pub mod serve;
 pub mod settings;
 pub mod startup;
 pub mod state;
-pub mod store;
 
 pub use settings::{IntakeSettings, RateLimit};
 pub use startup::Application;

@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 use verimail_domain::ErrorCode;
+use verimail_infra::store::send_replays;
 
-/// How long an answer is remembered.
-pub const WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub use send_replays::WINDOW;
 
 /// How long a repeat waits for the first request to finish before it is
 /// told to try again later.
@@ -45,9 +44,6 @@ pub struct Answer {
     pub error_code: Option<ErrorCode>,
 }
 
-/// body_digest, dispatch_id, status, error_code of the first request.
-type FirstRow = (Vec<u8>, Uuid, Option<i16>, Option<String>);
-
 pub enum Claim {
     /// This request is the first: it runs, then records its answer.
     First,
@@ -67,38 +63,19 @@ pub async fn claim(
     dispatch_id: Uuid,
 ) -> anyhow::Result<Claim> {
     let digest = Sha256::digest(body).to_vec();
-    let owner: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO send_replays (partner_id, key, body_digest, dispatch_id)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (partner_id, key) DO UPDATE
-            SET body_digest = EXCLUDED.body_digest, dispatch_id = EXCLUDED.dispatch_id,
-                status = NULL, error_code = NULL, created_at = now()
-          WHERE send_replays.created_at < now() - make_interval(secs => $5::float8)
-         RETURNING dispatch_id",
-    )
-    .bind(partner_id)
-    .bind(key)
-    .bind(&digest)
-    .bind(dispatch_id)
-    .bind(WINDOW.as_secs_f64())
-    .fetch_optional(pool)
-    .await
-    .context("claiming the idempotency key")?;
+    let owner = send_replays::claim(pool, partner_id, key, &digest, dispatch_id).await?;
     if owner == Some(dispatch_id) {
         return Ok(Claim::First);
     }
     let started = tokio::time::Instant::now();
     loop {
-        let row: Option<FirstRow> = sqlx::query_as(
-            "SELECT body_digest, dispatch_id, status, error_code FROM send_replays
-              WHERE partner_id = $1 AND key = $2",
-        )
-        .bind(partner_id)
-        .bind(key)
-        .fetch_optional(pool)
-        .await
-        .context("reading the first answer")?;
-        let Some((first_digest, first_id, status, error_code)) = row else {
+        let Some(send_replays::First {
+            body_digest: first_digest,
+            dispatch_id: first_id,
+            status,
+            error_code,
+        }) = send_replays::first(pool, partner_id, key).await?
+        else {
             anyhow::bail!("the idempotency key vanished");
         };
         if first_digest != digest {
@@ -132,18 +109,9 @@ pub async fn record(
     dispatch_id: Uuid,
     accepted: bool,
 ) -> anyhow::Result<()> {
-    let sql = if accepted {
-        "UPDATE send_replays SET status = 204
-          WHERE partner_id = $1 AND key = $2 AND dispatch_id = $3"
+    if accepted {
+        send_replays::remember_accepted(pool, partner_id, key, dispatch_id).await
     } else {
-        "DELETE FROM send_replays WHERE partner_id = $1 AND key = $2 AND dispatch_id = $3"
-    };
-    sqlx::query(sql)
-        .bind(partner_id)
-        .bind(key)
-        .bind(dispatch_id)
-        .execute(pool)
-        .await
-        .context("recording the answer for its idempotency key")?;
-    Ok(())
+        send_replays::release(pool, partner_id, key, dispatch_id).await
+    }
 }

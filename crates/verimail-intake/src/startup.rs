@@ -106,7 +106,7 @@ impl Application {
             &publisher,
             Topology::new(settings.amqp.prefix.clone()).dispatch_queue(),
         );
-        let records = Arc::new(crate::store::Records::new(
+        let records = Arc::new(verimail_infra::store::dispatches::Records::new(
             &pool,
             settings.rate_limit,
             settings.handoff_window,

@@ -18,5 +18,5 @@ pub struct AppState {
     pub settings: Arc<IntakeSettings>,
     pub backlog: Arc<crate::backlog::Backlog>,
     /// Dispatch records, group-committed across concurrent sends.
-    pub records: Arc<crate::store::Records>,
+    pub records: Arc<verimail_infra::store::dispatches::Records>,
 }

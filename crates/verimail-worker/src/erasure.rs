@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sqlx::PgPool;
-use uuid::Uuid;
 use verimail_domain::Email;
+use verimail_infra::store::{dispatches, send_replays};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Erased {
@@ -34,33 +34,15 @@ impl Erased {
 pub async fn forget(pool: &PgPool, email: &Email, outbox: Option<&Path>) -> anyhow::Result<Erased> {
     let recipient = email.normalised();
     let mut tx = pool.begin().await.context("starting the erasure")?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(&recipient)
-        .execute(&mut *tx)
-        .await
-        .context("locking the recipient")?;
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "DELETE FROM dispatches WHERE recipient = $1 RETURNING id, tableoid::regclass::text",
-    )
-    .bind(&recipient)
-    .fetch_all(&mut *tx)
-    .await
-    .context("removing the dispatch rows")?;
-    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
-    let replays = sqlx::query("DELETE FROM send_replays WHERE dispatch_id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .context("removing remembered answers")?
-        .rows_affected();
+    dispatches::erase::lock_recipient(&mut tx, &recipient).await?;
+    let (ids, by_partition) = dispatches::erase::delete_recipient(&mut tx, &recipient).await?;
+    let replays = send_replays::delete_for_dispatches(&mut tx, &ids).await?;
     tx.commit().await.context("committing the erasure")?;
     let mut erased = Erased {
+        dispatches: by_partition,
         replays,
         ..Erased::default()
     };
-    for (_, partition) in rows {
-        *erased.dispatches.entry(partition).or_default() += 1;
-    }
     if let Some(dir) = outbox {
         erased.outbox_files = forget_files(dir, &recipient)?;
     }

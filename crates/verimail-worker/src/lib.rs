@@ -8,7 +8,6 @@ pub mod mail;
 pub mod maintenance;
 pub mod process;
 pub mod settings;
-pub mod store;
 pub mod sweeper;
 
 use std::future::Future;

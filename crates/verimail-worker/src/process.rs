@@ -14,7 +14,7 @@ use verimail_infra::metrics as m;
 
 use crate::WorkerSettings;
 use crate::mail::{self, CodeMail, SendError, Transport};
-use crate::store::{self, Claim, ClaimToken, Claimed, Outcome};
+use verimail_infra::store::dispatches::{self as store, Claim, ClaimToken, Claimed, Outcome};
 
 /// What the consumer does with the message once the outcome is committed.
 #[derive(Debug, Clone, PartialEq, Eq)]

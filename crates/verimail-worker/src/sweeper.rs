@@ -11,7 +11,7 @@ use verimail_infra::metrics as m;
 use verimail_infra::publisher::{Publisher, Route};
 
 use crate::process::Processor;
-use crate::store;
+use verimail_infra::store::{dispatches as store, send_replays};
 
 const BATCH: i64 = 500;
 
@@ -40,7 +40,7 @@ pub async fn run(
             Ok(removed) => tracing::info!(removed, "removed old .eml files"),
             Err(error) => tracing::warn!(error = %error, "pruning the outbox failed"),
         }
-        if let Err(error) = store::prune_replays(&processor.pool).await {
+        if let Err(error) = send_replays::prune(&processor.pool).await {
             tracing::warn!(error = format!("{error:#}"), "pruning send answers failed");
         }
     }

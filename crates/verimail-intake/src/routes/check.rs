@@ -9,14 +9,14 @@ use verimail_domain::{CheckRequest, ErrorCode};
 use crate::error::{ApiError, Result};
 use crate::routes::AuthenticatedJson;
 use crate::state::AppState;
-use crate::store::{self, CheckOutcome};
+use verimail_infra::store::dispatches::check::{self, CheckOutcome};
 
 pub async fn check(
     State(state): State<AppState>,
     AuthenticatedJson { caller, body }: AuthenticatedJson,
 ) -> Result<Response> {
     let request = CheckRequest::parse(&body)?;
-    let outcome = store::check_code(&state.pool, &state.keys, caller.partner_id, &request).await?;
+    let outcome = check::check_code(&state.pool, &state.keys, caller.partner_id, &request).await?;
     tracing::info!(outcome = ?outcome, email = verimail_infra::telemetry::redact(request.email.as_str()), "code checked");
     match outcome {
         CheckOutcome::Verified(_) => Ok(StatusCode::NO_CONTENT.into_response()),

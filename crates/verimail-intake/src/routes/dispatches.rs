@@ -10,7 +10,7 @@ use verimail_domain::ErrorCode;
 use crate::auth::Presented;
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
-use crate::store::{self, DispatchView};
+use verimail_infra::store::dispatches::view::{self, DispatchView};
 
 pub async fn show(
     State(state): State<AppState>,
@@ -34,7 +34,7 @@ pub async fn show(
         .ok()
         .and_then(|Path(id)| Uuid::parse_str(&id).ok())
         .ok_or_else(not_found)?;
-    store::find(&state.pool, id, caller.partner_id)
+    view::find(&state.pool, id, caller.partner_id)
         .await?
         .map(Json)
         .ok_or_else(not_found)

@@ -1,22 +1,30 @@
 //! `POST /v2/bases/verificationcode/send`, checks in the documented order:
 //! authentication → parameters → rate limit → record → hand-off → 204.
+//!
+//! Everything after authentication runs in one task of its own, detached
+//! from the client: a client that hangs up drops the handler, but must not
+//! strand a committed dispatch (it is still published, or marked failed, at
+//! once), a replay key without its answer, or a record still to be voided.
+//! The task hands the answer back as soon as it has one and finishes what
+//! must follow it (voiding an unconfirmed record) on its own.
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 use verimail_domain::code::Code;
 use verimail_domain::{ErrorCode, SendRequest};
 use verimail_infra::publisher::Route;
+use verimail_infra::store::dispatches::{self as store, Admission, NewDispatch};
 
 use crate::error::{ApiError, Result};
 use crate::replays;
 use crate::request_id::{self, RequestId};
 use crate::routes::AuthenticatedJson;
 use crate::state::AppState;
-use crate::store::{self, Admission, NewDispatch};
 
 pub async fn send(
     State(state): State<AppState>,
@@ -30,32 +38,55 @@ pub async fn send(
             format!("Parameter error. {why}."),
         )
     })?;
+    let (answer_to, answer) = oneshot::channel();
+    tokio::spawn(
+        async move {
+            let (result, after) = answer_send(&state, id, caller.partner_id, key, &body).await;
+            let _ = answer_to.send(result);
+            if let After::VoidUnconfirmed = after {
+                void_unconfirmed(&state.pool, id).await;
+            }
+        }
+        .in_current_span(),
+    );
+    answer
+        .await
+        .map_err(|_| anyhow::anyhow!("the send task ended without an answer"))?
+}
+
+/// What the send task still owes once the client has its answer.
+enum After {
+    Nothing,
+    /// The record failed with an error but may have committed: void it.
+    VoidUnconfirmed,
+}
+
+/// The answer to a send, with or without a replay key.
+async fn answer_send(
+    state: &AppState,
+    id: Uuid,
+    partner_id: Uuid,
+    key: Option<String>,
+    body: &[u8],
+) -> (Result<Response>, After) {
     let Some(key) = key else {
-        return send_once(state, id, caller.partner_id, &body).await;
+        return send_once(state, id, partner_id, body).await;
     };
-    let partner_id = caller.partner_id;
-    match replays::claim(&state.pool, partner_id, &key, &body, id).await? {
+    let claim = match replays::claim(&state.pool, partner_id, &key, body, id).await {
+        Ok(claim) => claim,
+        Err(error) => return (Err(error.into()), After::Nothing),
+    };
+    let answer = match claim {
         replays::Claim::First => {
-            // In a task, so the answer is remembered even if the client hangs
-            // up (otherwise every repeat would wait on a first that never ends).
-            let task = tokio::spawn(
-                async move {
-                    let pool = state.pool.clone();
-                    let result = send_once(state, id, partner_id, &body).await;
-                    let accepted = result.is_ok();
-                    if let Err(error) = replays::record(&pool, partner_id, &key, id, accepted).await
-                    {
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            "remembering the answer failed"
-                        );
-                    }
-                    result
-                }
-                .in_current_span(),
-            );
-            task.await
-                .map_err(|e| anyhow::anyhow!("the send task failed: {e}"))?
+            let (result, after) = send_once(state, id, partner_id, body).await;
+            let accepted = result.is_ok();
+            if let Err(error) = replays::record(&state.pool, partner_id, &key, id, accepted).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "remembering the answer failed"
+                );
+            }
+            return (result, after);
         }
         replays::Claim::Repeat(first) => {
             tracing::info!(first = %first.dispatch_id, "a repeated send; answered as the first");
@@ -73,29 +104,33 @@ pub async fn send(
             ErrorCode::ParameterError,
             "Parameter error. A request with this Idempotency-Key is still in progress; try again.",
         )),
-    }
+    };
+    (answer, After::Nothing)
 }
 
-async fn send_once(state: AppState, id: Uuid, partner_id: Uuid, body: &[u8]) -> Result<Response> {
-    let request = SendRequest::parse(body)?;
+async fn send_once(
+    state: &AppState,
+    id: Uuid,
+    partner_id: Uuid,
+    body: &[u8],
+) -> (Result<Response>, After) {
+    let request = match SendRequest::parse(body) {
+        Ok(request) => request,
+        Err(rejection) => return (Err(rejection.into()), After::Nothing),
+    };
     if let Some(depth) = state.backlog.over_limit() {
         tracing::debug!(depth, "shedding a send: the workers are behind");
-        return Err(ApiError::busy(
+        let busy = ApiError::busy(
             "The service is busy: too many codes are waiting to be sent. Try again later.",
             crate::backlog::RETRY_AFTER_SECS,
-        ));
+        );
+        return (Err(busy), After::Nothing);
     }
     tracing::debug!(%partner_id, email = verimail_infra::telemetry::redact(request.email.as_str()), "send accepted for checks");
-    // Recording and hand-off run in a task of their own: a client that hangs
-    // up drops this handler, but must not strand a dispatch that was already
-    // committed (it is still published, or marked failed, at once).
-    let task = tokio::spawn(
-        async move { record_and_hand_off(&state, id, partner_id, &request).await }
-            .instrument(tracing::Span::current()),
-    );
-    task.await
-        .map_err(|e| anyhow::anyhow!("the send task failed: {e}"))??;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    match record_and_hand_off(state, id, partner_id, &request).await {
+        Ok(()) => (Ok(StatusCode::NO_CONTENT.into_response()), After::Nothing),
+        Err((error, after)) => (Err(error), after),
+    }
 }
 
 /// How long a possibly committed record is tried to be voided. The sweeper
@@ -103,9 +138,9 @@ async fn send_once(state: AppState, id: Uuid, partner_id: Uuid, body: &[u8]) -> 
 /// by default), so a Postgres outage shorter than that cannot mail it first.
 const VOID_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn void_unconfirmed(pool: sqlx::PgPool, id: Uuid) {
+async fn void_unconfirmed(pool: &sqlx::PgPool, id: Uuid) {
     let started = std::time::Instant::now();
-    while let Err(error) = store::void_unconfirmed(&pool, id).await {
+    while let Err(error) = store::accept::void_unconfirmed(pool, id).await {
         if started.elapsed() > VOID_PATIENCE {
             tracing::error!(
                 error = format!("{error:#}"),
@@ -122,14 +157,14 @@ async fn record_and_hand_off(
     id: Uuid,
     partner_id: Uuid,
     request: &SendRequest,
-) -> Result<()> {
+) -> std::result::Result<(), (ApiError, After)> {
     // The request id doubles as the dispatch id, so X-Request-Id of a 204
     // names the dispatch and every log line of the request carries it.
     let code = Code::generate(state.settings.code_length);
     let new = NewDispatch {
         id,
         partner_id,
-        email: &request.email,
+        email: request.email.clone(),
         lang: request.lang,
         ttl: request.ttl,
         code_digest: state.keys.code_digest(id, code.expose()),
@@ -138,17 +173,19 @@ async fn record_and_hand_off(
     drop(code);
     let older_waiting = match state.records.accept(new).await {
         Ok(Admission::Accepted { older_waiting }) => older_waiting,
-        Ok(Admission::RateLimited) => return Err(ApiError::new(ErrorCode::RateLimited)),
+        Ok(Admission::RateLimited) => {
+            return Err((ApiError::new(ErrorCode::RateLimited), After::Nothing));
+        }
         Err(error) => {
-            tokio::spawn(void_unconfirmed(state.pool.clone(), id).in_current_span());
-            return Err(ApiError::infra(ErrorCode::CodeNotRecorded, error));
+            let error = ApiError::infra(ErrorCode::CodeNotRecorded, error);
+            return Err((error, After::VoidUnconfirmed));
         }
     };
 
     let Err(error) = state.publisher.publish(id, Route::Dispatch).await else {
         if older_waiting {
             // Best effort: a worker claiming either code settles it too.
-            if let Err(error) = store::supersede_older(&state.pool, id).await {
+            if let Err(error) = store::accept::supersede_older(&state.pool, id).await {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "superseding older codes failed"
@@ -170,8 +207,8 @@ async fn record_and_hand_off(
     // only once the dispatch is recorded as failed. Otherwise it is already
     // on its way (the confirm was lost, not the message) or will be (the
     // sweeper publishes it), and the truthful answer is 204.
-    match store::mark_handoff_failed(&state.pool, id, &error.to_string()).await {
-        Ok(true) => Err(ApiError::new(ErrorCode::HandOffFailed)),
+    match store::accept::mark_handoff_failed(&state.pool, id, &error.to_string()).await {
+        Ok(true) => Err((ApiError::new(ErrorCode::HandOffFailed), After::Nothing)),
         Ok(false) => {
             tracing::warn!("the dispatch is already on its way despite the failed confirm");
             Ok(())
