@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -538,10 +538,14 @@ async fn migrating_a_populated_table_keeps_every_row_and_guarantee() {
         email: verimail_domain::Email::parse("check@example.com").unwrap(),
         code,
     };
-    let outcome =
-        verimail_infra::store::dispatches::check::check_code(&db.pool, &test_keys(), p.id, &check)
-            .await
-            .unwrap();
+    let outcome = verimail_infra::store::dispatches::check::check_code(
+        &mut *db.pool.acquire().await.unwrap(),
+        &test_keys(),
+        p.id,
+        &check,
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(
             outcome,
@@ -716,4 +720,109 @@ async fn maintain_from_the_command_line_prints_what_it_did() {
     assert_eq!(dropped, expired, "{printed}");
     assert_eq!(printed["created"].as_array().unwrap().len(), 0);
     assert_eq!(printed["partitions"], 5);
+}
+
+/// Scans so far of each partition of `dispatches` by this backend, as its
+/// not yet reported counters say (Postgres 15 keeps them per backend until
+/// it reports them, so only a difference of two readings is one statement's).
+async fn partition_scans(conn: &mut sqlx::PgConnection) -> BTreeMap<String, i64> {
+    sqlx::query_as(
+        "SELECT relname::text, seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables
+          WHERE relname LIKE 'dispatches_%'",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+/// The partitions `check_code` scans, read on a connection of its own.
+async fn partitions_a_check_reads(
+    db: &TestDb,
+    partner_id: Uuid,
+    request: &verimail_domain::CheckRequest,
+) -> (
+    verimail_infra::store::dispatches::CheckOutcome,
+    BTreeSet<String>,
+) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let before = partition_scans(&mut tx).await;
+    let outcome = verimail_infra::store::dispatches::check::check_code(
+        &mut tx,
+        &test_keys(),
+        partner_id,
+        request,
+    )
+    .await
+    .unwrap();
+    let after = partition_scans(&mut tx).await;
+    tx.rollback().await.unwrap();
+    let scanned = after
+        .into_iter()
+        .filter(|(name, scans)| before.get(name).copied().unwrap_or(0) < *scans)
+        .map(|(name, _)| name)
+        .collect();
+    (outcome, scanned)
+}
+
+/// `/check` on a database holding a week of partitions reads only those a
+/// live code can be in: the right code the last hour's, a wrong one (which
+/// also looks for an earlier mail's code) the last day's.
+#[tokio::test]
+async fn check_reads_only_the_partitions_a_live_code_can_be_in() {
+    let db = TestDb::new().await;
+    let p = partner(&db.pool, AccountKind::Partner, false).await;
+    let now = db_now(&db.pool).await;
+    let today = day_start(now);
+    let existing = partitions(&db.pool).await;
+    for d in 1..=7 {
+        let from = today - DAY * d;
+        if !existing.contains(&day_name(from)) {
+            create_partition(&db.pool, &day_name(from), from, from + DAY).await;
+        }
+    }
+    let email = "week@example.com";
+    for d in 1..=7 {
+        place(&db.pool, p.id, email, now - DAY * d).await;
+    }
+    let (live_id, live_code) = record_dispatch(&db.pool, p.id, email).await;
+    // The partitions that can hold a row of the window (plus the id margin).
+    let touching = |window: time::Duration| -> BTreeSet<String> {
+        let from = now - window - time::Duration::minutes(5);
+        (0..=8)
+            .map(|d| today - DAY * d)
+            .filter(|day| *day + DAY > from)
+            .map(day_name)
+            .collect()
+    };
+    let check = |code: &str| verimail_domain::CheckRequest {
+        email: verimail_domain::Email::parse(email).unwrap(),
+        code: code.to_owned(),
+    };
+
+    let (wrong, scanned) = partitions_a_check_reads(&db, p.id, &check("000000")).await;
+    assert_eq!(
+        wrong,
+        verimail_infra::store::dispatches::CheckOutcome::Wrong
+    );
+    assert!(!scanned.is_empty());
+    let day = touching(time::Duration::DAY);
+    assert!(
+        scanned.is_subset(&day),
+        "a wrong code read {scanned:?}; only {day:?} can hold the last day"
+    );
+
+    let (right, scanned) = partitions_a_check_reads(&db, p.id, &check(&live_code)).await;
+    assert_eq!(
+        right,
+        verimail_infra::store::dispatches::CheckOutcome::Verified(live_id)
+    );
+    let hour = touching(time::Duration::hours(1));
+    assert!(
+        scanned.is_subset(&hour),
+        "the right code read {scanned:?}; only {hour:?} can hold a live code"
+    );
 }

@@ -1,6 +1,7 @@
 //! `POST /v2/bases/verificationcode/check`: consumes the newest
 //! code the calling partner requested for the address.
 
+use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,12 @@ pub async fn check(
     AuthenticatedJson { caller, body }: AuthenticatedJson,
 ) -> Result<Response> {
     let request = CheckRequest::parse(&body)?;
-    let outcome = check::check_code(&state.pool, &state.keys, caller.partner_id, &request).await?;
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .context("acquiring a connection for the check")?;
+    let outcome = check::check_code(&mut conn, &state.keys, caller.partner_id, &request).await?;
     tracing::info!(outcome = ?outcome, email = verimail_infra::telemetry::redact(request.email.as_str()), "code checked");
     match outcome {
         CheckOutcome::Verified(_) => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -2,7 +2,7 @@
 //! under the row's lock.
 
 use anyhow::Context;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 use verimail_domain::secrets::Keys;
 use verimail_domain::{CheckRequest, CodeTtl, DispatchStatus};
@@ -35,17 +35,21 @@ pub enum CheckOutcome {
 ///
 /// Only rows young enough to hold a live code are read (a code lives at most
 /// `CodeTtl::MAX_MINUTES`): a newest row older than that is expired, which
-/// answers as no row does, and the id bound keeps the scan to the one or two
+/// answers as no row does, and the id bounds (below and above: maintenance
+/// keeps the next days' partitions ready) keep the scan to the one or two
 /// partitions of the last hour.
+///
+/// Runs on `conn` in a transaction of its own (a savepoint if `conn` is in
+/// one already, which is how a test reads what the check touched).
 pub async fn check_code(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     keys: &Keys,
     partner_id: Uuid,
     request: &CheckRequest,
 ) -> anyhow::Result<CheckOutcome> {
     let recipient = request.email.normalised();
     let live_secs = f64::from(CodeTtl::MAX_MINUTES) * 60.0;
-    let mut tx = pool.begin().await.context("starting the check")?;
+    let mut tx = conn.begin().await.context("starting the check")?;
     let newest = sqlx::query!(
         r#"SELECT id, status AS "status: DispatchStatus", check_failures, code_digest,
                   expires_at <= now() AS "expired!"
@@ -53,6 +57,7 @@ pub async fn check_code(
             WHERE recipient = $1 AND partner_id = $2 AND counts_toward_limit
               AND created_at > now() - make_interval(secs => $3)
               AND id >= verimail_id_at(now() - make_interval(secs => $3::float8 + $4::float8))
+              AND id < verimail_id_at(now() + make_interval(secs => $4::float8))
             ORDER BY created_at DESC
             LIMIT 1
               FOR UPDATE"#,
@@ -118,6 +123,7 @@ async fn matches_an_older_code(
           WHERE recipient = $1 AND partner_id = $2 AND id <> $3
             AND created_at > now() - make_interval(secs => $4)
             AND id >= verimail_id_at(now() - make_interval(secs => $4::float8 + $5::float8))
+            AND id < verimail_id_at(now() + make_interval(secs => $5::float8))
           ORDER BY created_at DESC
           LIMIT 100",
         request.email.normalised(),
