@@ -539,7 +539,7 @@ async fn migrating_a_populated_table_keeps_every_row_and_guarantee() {
         code,
     };
     let outcome = verimail_infra::store::dispatches::check::check_code(
-        &mut *db.pool.acquire().await.unwrap(),
+        &mut db.pool.acquire().await.unwrap(),
         &test_keys(),
         p.id,
         &check,
