@@ -54,6 +54,8 @@ RUN set -eu; \
 FROM ${RUST_IMAGE} AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
+# sqlx's checked statements build from the committed .sqlx/, with no database.
+ENV SQLX_OFFLINE=true
 # Dependencies only: this layer is reused until a manifest or Cargo.lock
 # changes (the stubs' contents never change).
 COPY --from=planner /skeleton/ ./
