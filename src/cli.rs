@@ -1,15 +1,22 @@
 //! The commands README's "CLI" section lists. Results go to stdout as one JSON object, logs to stderr.
 
+use std::future::Future;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 use verimail_domain::secrets::{Keys, MasterSecret};
 use verimail_infra::db;
+use verimail_intake::Application;
 use verimail_intake::accounts::{self, AccountKind, AccountStatus};
+use verimail_worker::{Worker, WorkerSettings, maintenance};
 
 use crate::config::{self, ConfigError, ProcessEnv, Source};
 
@@ -124,161 +131,145 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
     let dev_bootstrap =
         crate::dev_bootstrap::for_command(matches!(command, Command::Migrate), env)?;
     match command {
-        Command::Migrate => {
-            db::create_database_if_missing(&common.database_url).await?;
-            let pool = db::pool(&common.db_for_migrations())?;
-            db::migrate(&pool).await?;
-            print(json!({"migrated": true}));
-        }
-        Command::Intake => {
-            let intake = config::Intake::load(env)?;
-            let keys = Keys::derive(&config::require_secret(env)?);
-            let pool = db::pool(&common.db())?;
-            let app =
-                verimail_intake::Application::build(intake.settings(&common), pool, keys).await?;
-            app.run_until(shutdown_signal()).await?;
-        }
-        Command::Worker => {
-            let worker = config::Worker::load(env)?;
-            let keys = Keys::derive(&config::require_secret(env)?);
-            let pool = db::pool(&common.db())?;
-            let listener = tokio::net::TcpListener::bind(worker.metrics_listen)
-                .await
-                .with_context(|| {
-                    format!("binding VERIMAIL_METRICS_LISTEN {}", worker.metrics_listen)
-                })?;
-            tracing::info!(addr = %worker.metrics_listen, "worker metrics listening");
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let metrics = tokio::spawn(verimail_infra::metrics_server::serve(
-                listener,
-                when_stopped(&stopped),
-            ));
-            let worker_task = tokio::spawn(verimail_worker::run_until(
-                worker.settings(&common),
-                pool,
-                keys,
-                stopped,
-            ));
-            shutdown_signal().await;
-            let _ = stop.send(true);
-            worker_task.await.context("worker task")??;
-            metrics.await.context("metrics task")??;
-        }
-        Command::All => {
-            let intake = config::Intake::load(env)?;
-            let worker = config::Worker::load(env)?;
-            let secret = match config::secret(env)? {
-                Some(secret) => secret,
-                None => {
-                    tracing::warn!(
-                        "VERIMAIL_SECRET is unset: using an ephemeral secret; codes queued now cannot be sent after a restart"
-                    );
-                    MasterSecret::ephemeral()
-                }
-            };
-            let keys = Keys::derive(&secret);
-            db::create_database_if_missing(&common.database_url).await?;
-            db::migrate(&db::pool(&common.db_for_migrations())?).await?;
-            let pool = db::pool(&common.db())?;
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let app = verimail_intake::Application::build(
-                intake.settings(&common),
-                pool.clone(),
-                keys.clone(),
-            )
-            .await?;
-            let intake_task = tokio::spawn(app.run_until(when_stopped(&stopped)));
-            let worker_task = tokio::spawn(verimail_worker::run_until(
-                worker.settings(&common),
-                pool,
-                keys,
-                stopped,
-            ));
-            shutdown_signal().await;
-            let _ = stop.send(true);
-            intake_task.await.context("intake task")??;
-            worker_task.await.context("worker task")??;
-        }
-        Command::Maintain => {
-            let policy = verimail_worker::maintenance::Policy {
-                retention: config::retention(env)?,
-            };
-            let pool = db::pool(&common.db_for_migrations())?;
-            let outcome =
-                verimail_worker::maintenance::maintain(&pool, policy, MAINTAIN_WAIT, None).await?;
-            let verimail_worker::maintenance::Outcome::Done(report) = outcome else {
-                anyhow::bail!(
-                    "another maintenance run held the lock for {}s; try again",
-                    MAINTAIN_WAIT.as_secs()
-                );
-            };
-            let dropped: Vec<_> = report
-                .dropped
-                .iter()
-                .map(|d| json!({"partition": d.partition, "bytes": d.bytes, "rows_estimate": d.rows_estimate}))
-                .collect();
-            let covered_until = report
-                .covered_until
-                .format(&time::format_description::well_known::Rfc3339)?;
-            print(json!({"created": report.created, "dropped": dropped,
-                         "partitions": report.partitions, "covered_until": covered_until}));
-        }
-        Command::Forget { email } => {
-            let email = verimail_domain::Email::parse(&email)
-                .map_err(|rejection| anyhow::anyhow!("--email: {rejection}"))?;
-            let outbox = config::Worker::outbox(env)?;
-            let pool = db::pool(&common.db())?;
-            let erased = verimail_worker::erasure::forget(&pool, &email, Some(&outbox)).await?;
-            print(json!({"recipient": email.normalised(),
-                         "dispatch_rows": erased.dispatch_rows(),
-                         "partitions": erased.dispatches,
-                         "replay_records": erased.replays,
-                         "outbox_files": erased.outbox_files}));
-        }
-        Command::Partner(PartnerCommand::Create {
-            name,
-            customer,
-            suspended,
-        }) => {
-            let pool = db::pool(&common.db())?;
-            let kind = if customer {
-                AccountKind::Customer
-            } else {
-                AccountKind::Partner
-            };
-            let status = AccountStatus::suspended_if(suspended);
-            let id = accounts::create_partner(&pool, &name, kind, status).await?;
-            print(
-                json!({"partner_id": id, "name": name, "kind": kind.as_str(), "status": status.as_str()}),
+        Command::Migrate => migrate(&common).await?,
+        Command::Intake => intake(env, &common).await?,
+        Command::Worker => worker(env, &common).await?,
+        Command::All => all(env, &common).await?,
+        Command::Maintain => maintain(env, &common).await?,
+        Command::Forget { email } => forget(env, &common, &email).await?,
+        Command::Partner(command) => partner(&common, command).await?,
+        Command::Token(command) => token(&common, command).await?,
+        Command::Key(command) => key(env, &common, command).await?,
+    }
+    if let Some(bootstrap) = dev_bootstrap {
+        bootstrap.run(env, &common).await?;
+    }
+    Ok(())
+}
+
+async fn migrate(common: &config::Common) -> anyhow::Result<()> {
+    db::create_database_if_missing(&common.database_url).await?;
+    let pool = db::pool(&common.db_for_migrations())?;
+    db::migrate(&pool).await?;
+    print(json!({"migrated": true}));
+    Ok(())
+}
+
+async fn intake(env: &dyn Source, common: &config::Common) -> anyhow::Result<()> {
+    let intake = config::Intake::load(env)?;
+    let keys = Keys::derive(&config::require_secret(env)?);
+    let pool = db::pool(&common.db())?;
+    let app = Application::build(intake.settings(common), pool, keys).await?;
+    let mut parts = Parts::new();
+    parts.spawn("intake", app.run_until(parts.stopping()));
+    parts.run_until_signal().await
+}
+
+async fn worker(env: &dyn Source, common: &config::Common) -> anyhow::Result<()> {
+    let worker = config::Worker::load(env)?;
+    let keys = Keys::derive(&config::require_secret(env)?);
+    let pool = db::pool(&common.db())?;
+    let worker = Worker::build(worker.settings(common), pool, keys).await?;
+    let mut parts = Parts::new();
+    parts.spawn("worker", worker.run_until_stopped(parts.stopping()));
+    parts.run_until_signal().await
+}
+
+async fn all(env: &dyn Source, common: &config::Common) -> anyhow::Result<()> {
+    let intake = config::Intake::load(env)?;
+    let worker = config::Worker::load(env)?;
+    let secret = match config::secret(env)? {
+        Some(secret) => secret,
+        None => {
+            tracing::warn!(
+                "VERIMAIL_SECRET is unset: using an ephemeral secret; codes queued now cannot be sent after a restart"
             );
+            MasterSecret::ephemeral()
         }
-        Command::Token(TokenCommand::Issue { partner, ttl }) => {
-            let pool = db::pool(&common.db())?;
+    };
+    let keys = Keys::derive(&secret);
+    db::create_database_if_missing(&common.database_url).await?;
+    db::migrate(&db::pool(&common.db_for_migrations())?).await?;
+    let pool = db::pool(&common.db())?;
+    let app = Application::build(intake.settings(common), pool.clone(), keys.clone()).await?;
+    // One process, one /metrics: the intake's (README, "HTTP API").
+    let worker_settings = WorkerSettings {
+        metrics_listen: None,
+        ..worker.settings(common)
+    };
+    let worker = Worker::build(worker_settings, pool, keys).await?;
+    let mut parts = Parts::new();
+    parts.spawn("intake", app.run_until(parts.stopping()));
+    parts.spawn("worker", worker.run_until_stopped(parts.stopping()));
+    parts.run_until_signal().await
+}
+
+async fn maintain(env: &dyn Source, common: &config::Common) -> anyhow::Result<()> {
+    let policy = maintenance::Policy {
+        retention: config::retention(env)?,
+    };
+    let pool = db::pool(&common.db_for_migrations())?;
+    let outcome = maintenance::maintain(&pool, policy, MAINTAIN_WAIT, None).await?;
+    let maintenance::Outcome::Done(report) = outcome else {
+        anyhow::bail!(
+            "another maintenance run held the lock for {}s; try again",
+            MAINTAIN_WAIT.as_secs()
+        );
+    };
+    let dropped: Vec<_> = report
+        .dropped
+        .iter()
+        .map(|d| json!({"partition": d.partition, "bytes": d.bytes, "rows_estimate": d.rows_estimate}))
+        .collect();
+    let covered_until = report.covered_until.format(&Rfc3339)?;
+    print(json!({"created": report.created, "dropped": dropped,
+                 "partitions": report.partitions, "covered_until": covered_until}));
+    Ok(())
+}
+
+async fn forget(env: &dyn Source, common: &config::Common, email: &str) -> anyhow::Result<()> {
+    let email = verimail_domain::Email::parse(email)
+        .map_err(|rejection| anyhow::anyhow!("--email: {rejection}"))?;
+    let outbox = config::Worker::outbox(env)?;
+    let pool = db::pool(&common.db())?;
+    let erased = verimail_worker::erasure::forget(&pool, &email, Some(&outbox)).await?;
+    print(json!({"recipient": email.normalised(),
+                 "dispatch_rows": erased.dispatch_rows(),
+                 "partitions": erased.dispatches,
+                 "replay_records": erased.replays,
+                 "outbox_files": erased.outbox_files}));
+    Ok(())
+}
+
+async fn partner(common: &config::Common, command: PartnerCommand) -> anyhow::Result<()> {
+    let PartnerCommand::Create {
+        name,
+        customer,
+        suspended,
+    } = command;
+    let pool = db::pool(&common.db())?;
+    let kind = if customer {
+        AccountKind::Customer
+    } else {
+        AccountKind::Partner
+    };
+    let status = AccountStatus::suspended_if(suspended);
+    let id = accounts::create_partner(&pool, &name, kind, status).await?;
+    print(
+        json!({"partner_id": id, "name": name, "kind": kind.as_str(), "status": status.as_str()}),
+    );
+    Ok(())
+}
+
+async fn token(common: &config::Common, command: TokenCommand) -> anyhow::Result<()> {
+    let pool = db::pool(&common.db())?;
+    match command {
+        TokenCommand::Issue { partner, ttl } => {
             let issued = accounts::issue_token(&pool, partner, ttl).await?;
-            let expires_at = issued
-                .expires_at
-                .format(&time::format_description::well_known::Rfc3339)?;
+            let expires_at = issued.expires_at.format(&Rfc3339)?;
             print(json!({"token": issued.token, "partner_id": partner, "expires_at": expires_at}));
         }
-        Command::Key(KeyCommand::Create { partner }) => {
-            let keys = Keys::derive(&config::require_secret(env)?);
-            let pool = db::pool(&common.db())?;
-            let created = accounts::create_access_key(&pool, &keys, partner).await?;
-            // The SDKs' domain_id is 32 hex digits; verimail accepts either UUID spelling.
-            print(
-                json!({"access_key": created.access_key, "secret_key": created.secret_key,
-                         "domain_id": partner.simple().to_string()}),
-            );
-        }
-        Command::Key(KeyCommand::Revoke { access_key }) => {
-            let pool = db::pool(&common.db())?;
-            if !accounts::revoke_access_key(&pool, &access_key).await? {
-                anyhow::bail!("no live access key matches");
-            }
-            print(json!({"revoked": true}));
-        }
-        Command::Token(TokenCommand::Revoke { token }) => {
-            let pool = db::pool(&common.db())?;
+        TokenCommand::Revoke { token } => {
             let revoked = accounts::revoke_token(&pool, &token)
                 .await
                 .context("revoking")?;
@@ -288,20 +279,84 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
             print(json!({"revoked": true}));
         }
     }
-    if let Some(bootstrap) = dev_bootstrap {
-        bootstrap.run(env, &common).await?;
+    Ok(())
+}
+
+async fn key(env: &dyn Source, common: &config::Common, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create { partner } => {
+            let keys = Keys::derive(&config::require_secret(env)?);
+            let pool = db::pool(&common.db())?;
+            let created = accounts::create_access_key(&pool, &keys, partner).await?;
+            // The SDKs' domain_id is 32 hex digits; verimail accepts either UUID spelling.
+            print(
+                json!({"access_key": created.access_key, "secret_key": created.secret_key,
+                         "domain_id": partner.simple().to_string()}),
+            );
+        }
+        KeyCommand::Revoke { access_key } => {
+            let pool = db::pool(&common.db())?;
+            if !accounts::revoke_access_key(&pool, &access_key).await? {
+                anyhow::bail!("no live access key matches");
+            }
+            print(json!({"revoked": true}));
+        }
     }
     Ok(())
 }
 
-/// Resolves once the shared stop flag is raised: one signal stops every
-/// part of the process.
-fn when_stopped(
-    stopped: &tokio::sync::watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut stopped = stopped.clone();
-    async move {
-        let _ = stopped.wait_for(|s| *s).await;
+/// The long-running parts of one process (intake, worker, or both). One
+/// stop flag stops them all: raised by SIGTERM/SIGINT, or by a part that
+/// ends on its own.
+struct Parts {
+    stop: Arc<watch::Sender<bool>>,
+    running: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Parts {
+    fn new() -> Self {
+        Self {
+            stop: Arc::new(watch::channel(false).0),
+            running: Vec::new(),
+        }
+    }
+
+    /// Resolves once the stop flag is raised (a part's `shutdown`).
+    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stop.subscribe();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        part: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let stop = self.stop.clone();
+        self.running.push((
+            name,
+            tokio::spawn(async move {
+                let ended = part.await;
+                stop.send_replace(true);
+                ended
+            }),
+        ));
+    }
+
+    /// Waits for a signal (or a part that ended), stops every part, then
+    /// waits for each in turn; the first failure is the answer.
+    async fn run_until_signal(self) -> anyhow::Result<()> {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = self.stopping() => {}
+        }
+        self.stop.send_replace(true);
+        for (name, task) in self.running {
+            task.await.with_context(|| format!("{name} task"))??;
+        }
+        Ok(())
     }
 }
 

@@ -516,8 +516,10 @@ impl Worker {
             amqp_url: common.amqp_url.clone(),
             prefix: common.amqp_prefix.clone(),
             publish_timeout: common.publish_timeout,
-            retry_delays: common.retry_schedule.clone(),
-            max_attempts: self.max_attempts,
+            retry: verimail_worker::RetryPolicy::new(
+                common.retry_schedule.clone(),
+                self.max_attempts,
+            ),
             prefetch: self.prefetch,
             lease: self.lease,
             mail: verimail_worker::mail::MailSettings::new(
@@ -534,6 +536,7 @@ impl Worker {
             sweep_grace: self.sweep_grace,
             retention: self.retention,
             maintenance_interval: self.maintenance_interval,
+            metrics_listen: Some(self.metrics_listen),
         }
     }
 }

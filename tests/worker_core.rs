@@ -79,7 +79,7 @@ async fn a_transient_failure_parks_for_the_schedules_first_wait() {
     let t = Core::start().await;
     t.sink
         .push_behaviour(Behaviour::RejectData("451 4.3.0 try later".into()));
-    let first_wait = t.core.settings.retry_delays[0];
+    let first_wait = support::fast_retries()[0];
     let (id, _) = t.record("retry@example.com").await;
 
     assert_eq!(t.core.process(id).await.unwrap(), Next::Park(first_wait));

@@ -361,8 +361,7 @@ pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worke
         amqp_url: SecretUrl::new(amqp_url()),
         prefix: prefix.to_owned(),
         publish_timeout: Duration::from_millis(1500),
-        retry_delays: fast_retries(),
-        max_attempts: 3,
+        retry: verimail_worker::RetryPolicy::new(fast_retries(), 3),
         prefetch: 8,
         lease: Duration::from_secs(30),
         mail: verimail_worker::mail::MailSettings::new(
@@ -379,6 +378,7 @@ pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worke
         sweep_grace: Duration::from_secs(60),
         retention: Duration::from_secs(72 * 3600),
         maintenance_interval: Duration::ZERO,
+        metrics_listen: None,
     }
 }
 
@@ -391,13 +391,13 @@ pub struct TestWorker {
 impl TestWorker {
     pub async fn spawn(settings: verimail_worker::WorkerSettings, db_url: &str) -> Self {
         let pool = db::pool(&db_settings(db_url)).unwrap();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(verimail_worker::run_until(
-            settings,
-            pool,
-            test_keys(),
-            stopped,
-        ));
+        let worker = verimail_worker::Worker::build(settings, pool, test_keys())
+            .await
+            .unwrap();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(worker.run_until_stopped(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
         Self { stop, task }
     }
 
@@ -500,7 +500,7 @@ pub fn processor(
     verimail_worker::Processor::new(
         pool.clone(),
         test_keys(),
-        transport,
+        std::sync::Arc::new(transport),
         std::sync::Arc::new(settings),
     )
 }

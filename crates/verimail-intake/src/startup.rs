@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use verimail_domain::ErrorCode;
 use verimail_domain::secrets::Keys;
 use verimail_infra::amqp::Topology;
+use verimail_infra::metrics_server::MetricsListener;
 use verimail_infra::publisher::{Publisher, PublisherSettings};
 
 use crate::auth::Authenticator;
@@ -56,7 +57,7 @@ pub fn router(state: AppState) -> Router {
 
 pub struct Application {
     listener: TcpListener,
-    metrics: Option<TcpListener>,
+    metrics: Option<MetricsListener>,
     router: Router,
     limits: crate::serve::HttpLimits,
 }
@@ -68,14 +69,9 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         verimail_infra::metrics::install();
-        let metrics = match settings.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the metrics listener {addr}"))?,
-            ),
-            None => None,
-        };
+        let metrics =
+            MetricsListener::bind(settings.metrics_listen, "intake", "the metrics listener")
+                .await?;
         let publisher = Arc::new(Publisher::new(PublisherSettings {
             url: settings.amqp.url.clone(),
             topology: Topology::new(settings.amqp.prefix.clone()),
@@ -135,7 +131,7 @@ impl Application {
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics.as_ref().and_then(MetricsListener::local_addr)
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests.
@@ -145,18 +141,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "intake listening");
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let metrics = self.metrics.map(|listener| {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "intake metrics listening");
-            }
-            let mut stopped = stopped.clone();
-            tokio::spawn(verimail_infra::metrics_server::serve(
-                listener,
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ))
-        });
+        let metrics = self.metrics.map(|listener| listener.spawn(&stopped));
         let served = crate::serve::serve(self.listener, self.router, self.limits, async move {
             shutdown.await;
             let _ = stop.send(true);

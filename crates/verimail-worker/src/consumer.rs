@@ -20,8 +20,10 @@ use verimail_infra::amqp::{self, Topology};
 use verimail_infra::metrics as m;
 use verimail_infra::publisher::{Publisher, Route};
 
+use crate::WorkerSettings;
 use crate::acks::Acks;
 use crate::process::{Next, Processor};
+use crate::retry::RetryPolicy;
 
 /// Waits after an infrastructure error before the message is handed back, so
 /// an outage does not become a hot redelivery loop.
@@ -30,15 +32,15 @@ const INFRA_BACKOFF: Duration = Duration::from_secs(1);
 pub async fn run(
     processor: Arc<Processor>,
     publisher: Arc<Publisher>,
+    settings: Arc<WorkerSettings>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let settings = processor.settings.clone();
     let topology = Topology::new(settings.prefix.clone());
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        match session(&processor, &publisher, &topology, &mut shutdown).await {
+        match session(&processor, &publisher, &settings, &topology, &mut shutdown).await {
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::warn!(
@@ -58,16 +60,18 @@ pub async fn run(
 async fn session(
     processor: &Arc<Processor>,
     publisher: &Arc<Publisher>,
+    settings: &Arc<WorkerSettings>,
     topology: &Topology,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let settings = &processor.settings;
     let connection = amqp::connect(settings.amqp_url.expose(), Duration::from_secs(10)).await?;
     let channel = connection
         .create_channel()
         .await
         .context("opening the consumer channel")?;
-    topology.declare(&channel, &settings.retry_delays).await?;
+    topology
+        .declare(&channel, &settings.retry.delay_queues())
+        .await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await
@@ -110,8 +114,9 @@ async fn session(
                     acks.open(delivery.delivery_tag);
                     let processor = processor.clone();
                     let publisher = publisher.clone();
+                    let settings = settings.clone();
                     let acks = acks.clone();
-                    in_flight.spawn(async move { handle(&processor, &publisher, &acks, delivery).await });
+                    in_flight.spawn(async move { handle(&processor, &publisher, &settings.retry, &acks, delivery).await });
                 }
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("consuming")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
@@ -171,8 +176,14 @@ impl Drop for AbortOnDrop {
 /// How long a shutdown waits for the last acks to be sent.
 const ACK_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
-async fn handle(processor: &Processor, publisher: &Publisher, acks: &Acks, delivery: Delivery) {
-    let Err(error) = handle_inner(processor, publisher, acks, &delivery).await else {
+async fn handle(
+    processor: &Processor,
+    publisher: &Publisher,
+    retry: &RetryPolicy,
+    acks: &Acks,
+    delivery: Delivery,
+) {
+    let Err(error) = handle_inner(processor, publisher, retry, acks, &delivery).await else {
         return;
     };
     tracing::error!(
@@ -209,6 +220,7 @@ async fn handle(processor: &Processor, publisher: &Publisher, acks: &Acks, deliv
 async fn handle_inner(
     processor: &Processor,
     publisher: &Publisher,
+    retry: &RetryPolicy,
     acks: &Acks,
     delivery: &Delivery,
 ) -> anyhow::Result<()> {
@@ -221,7 +233,7 @@ async fn handle_inner(
         Next::Park(wait) => {
             // Parked in the delay queue that waits at least `wait`; it
             // dead-letters back to the dispatch queue when its TTL runs out.
-            let delay = processor.settings.park_delay(wait);
+            let delay = retry.queue_for(wait);
             publisher
                 .publish(message.dispatch_id, Route::Retry(delay))
                 .await

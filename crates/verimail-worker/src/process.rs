@@ -14,6 +14,7 @@ use verimail_infra::metrics as m;
 
 use crate::WorkerSettings;
 use crate::mail::{self, CodeMail, SendError, Transport};
+use crate::retry::RetryPolicy;
 use verimail_infra::store::dispatches::{self as store, Claim, ClaimToken, Claimed, Outcome};
 
 /// What the consumer does with the message once the outcome is committed.
@@ -30,10 +31,10 @@ pub enum Next {
 }
 
 pub struct Processor {
-    pub pool: PgPool,
-    pub keys: Keys,
-    pub transport: Transport,
-    pub settings: Arc<WorkerSettings>,
+    pool: PgPool,
+    keys: Keys,
+    transport: Arc<Transport>,
+    settings: Arc<WorkerSettings>,
     /// Claims and outcomes, group-committed across concurrent `process` calls.
     writes: store::Writes,
 }
@@ -55,7 +56,7 @@ impl Processor {
     pub fn new(
         pool: PgPool,
         keys: Keys,
-        transport: Transport,
+        transport: Arc<Transport>,
         settings: Arc<WorkerSettings>,
     ) -> Self {
         let writes = store::Writes::new(&pool, settings.lease);
@@ -205,7 +206,7 @@ impl Processor {
             Ok(()) => Outcome::Sent,
             Err(SendError::Permanent(reason)) => Outcome::Failed(reason),
             Err(SendError::Transient(reason)) => after_transient(
-                &self.settings,
+                &self.settings.retry,
                 reason,
                 claimed.attempts,
                 OffsetDateTime::now_utc(),
@@ -253,16 +254,16 @@ fn ended_without_mail(status: DispatchStatus) -> Next {
 /// try after the schedule's wait, unless the attempts are used up or the code
 /// would expire first.
 pub fn after_transient(
-    settings: &WorkerSettings,
+    policy: &RetryPolicy,
     reason: String,
     attempts: u32,
     now: OffsetDateTime,
     expires_at: OffsetDateTime,
 ) -> Outcome {
-    if attempts >= settings.max_attempts {
+    if attempts >= policy.max_attempts() {
         return Outcome::Failed(format!("gave up after {attempts} attempts: {reason}"));
     }
-    let after = settings.retry_delay(attempts);
+    let after = policy.wait_after(attempts);
     if now + after >= expires_at {
         return Outcome::Expired(format!(
             "the code expires before the next attempt: {reason}"
@@ -274,33 +275,10 @@ pub fn after_transient(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verimail_domain::secrets::SecretUrl;
 
-    fn settings(retry_delays: &[u64], max_attempts: u32) -> WorkerSettings {
-        WorkerSettings {
-            amqp_url: SecretUrl::new("amqp://127.0.0.1"),
-            prefix: "t".into(),
-            publish_timeout: Duration::from_secs(1),
-            retry_delays: retry_delays
-                .iter()
-                .copied()
-                .map(Duration::from_secs)
-                .collect(),
-            max_attempts,
-            prefetch: 1,
-            lease: Duration::from_secs(30),
-            mail: mail::MailSettings::new("t <t@example.com>".parse().expect("mailbox"), "t"),
-            smtp_url: None,
-            outbox: std::env::temp_dir(),
-            outbox_retention: Duration::from_secs(3600),
-            smtp_connections: 1,
-            smtp_timeout: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(5),
-            sweep_interval: Duration::from_secs(15),
-            sweep_grace: Duration::from_secs(60),
-            retention: Duration::from_secs(72 * 3600),
-            maintenance_interval: Duration::ZERO,
-        }
+    fn policy(retry_delays: &[u64], max_attempts: u32) -> RetryPolicy {
+        let schedule = retry_delays.iter().copied().map(Duration::from_secs);
+        RetryPolicy::new(schedule.collect(), max_attempts)
     }
 
     #[test]
@@ -343,7 +321,7 @@ mod tests {
         ];
         for (schedule, max, attempts, expires_at, expected) in cases {
             let got = after_transient(
-                &settings(schedule, max),
+                &policy(schedule, max),
                 "451".into(),
                 attempts,
                 now,

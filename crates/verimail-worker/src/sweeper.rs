@@ -4,53 +4,51 @@
 //! because claiming is atomic.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
+use sqlx::PgPool;
 use tokio::sync::watch;
 use verimail_infra::metrics as m;
 use verimail_infra::publisher::{Publisher, Route};
 
-use crate::process::Processor;
-use verimail_infra::store::{dispatches as store, send_replays};
+use verimail_infra::store::dispatches as store;
 
 const BATCH: i64 = 500;
 
 /// Confirms awaited at once while re-publishing a batch.
 const IN_FLIGHT: usize = 32;
 
+/// When the sweeper looks, and what it counts as overdue.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// How often it looks.
+    pub interval: Duration,
+    /// How overdue an open dispatch must be before it is re-published.
+    pub grace: Duration,
+}
+
 pub async fn run(
-    processor: Arc<Processor>,
+    pool: PgPool,
     publisher: Arc<Publisher>,
+    schedule: Schedule,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let interval = processor.settings.sweep_interval;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(schedule.interval) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(error) = sweep(&processor, &publisher).await {
+        if let Err(error) = sweep(&pool, &publisher, schedule.grace).await {
             tracing::warn!(error = format!("{error:#}"), "sweep failed; will try again");
-        }
-        match processor
-            .transport
-            .prune_outbox(processor.settings.outbox_retention)
-        {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "removed old .eml files"),
-            Err(error) => tracing::warn!(error = %error, "pruning the outbox failed"),
-        }
-        if let Err(error) = send_replays::prune(&processor.pool).await {
-            tracing::warn!(error = format!("{error:#}"), "pruning send answers failed");
         }
     }
 }
 
 /// One sweep: returns how many dispatches were re-published. A publish that
 /// fails leaves its row overdue, so the next sweep tries it again.
-pub async fn sweep(processor: &Processor, publisher: &Publisher) -> anyhow::Result<usize> {
-    let settings = &processor.settings;
-    let ids = store::overdue(&processor.pool, settings.sweep_grace, BATCH).await?;
+pub async fn sweep(pool: &PgPool, publisher: &Publisher, grace: Duration) -> anyhow::Result<usize> {
+    let ids = store::overdue(pool, grace, BATCH).await?;
     if ids.is_empty() {
         return Ok(0);
     }
