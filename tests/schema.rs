@@ -87,6 +87,60 @@ async fn every_state_and_only_those_pass_the_check_constraint() {
     assert_eq!(quoted_names(&constraint), names(&DispatchStatus::ALL));
 }
 
+/// The functions of the migrations (`accept_dispatch`, `supersede_older`,
+/// `claim_dispatch`) are the other place SQL spells states: a function body
+/// cannot take the set as a parameter without changing its signature under
+/// running workers. Every list they spell is one of `DispatchStatus`'s named
+/// sets, and every single name is a state.
+#[tokio::test]
+async fn every_state_set_the_functions_spell_is_a_named_set() {
+    let db = TestDb::new().await;
+    let bodies: Vec<(String, String)> = sqlx::query_as(
+        "SELECT proname::text, prosrc FROM pg_proc
+          WHERE proname IN ('accept_dispatch', 'supersede_older', 'claim_dispatch')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    // Every overload (0001's accept_dispatch without a hand-off window is
+    // still there for intakes that were not upgraded).
+    let functions: BTreeSet<&str> = bodies.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(functions.len(), 3, "{functions:?}");
+    let named = [
+        names(&DispatchStatus::OPEN),
+        names(&DispatchStatus::WAITING),
+        names(&DispatchStatus::CHECKABLE),
+    ];
+    let mut lists = 0;
+    for (function, body) in &bodies {
+        let body = body.to_lowercase();
+        for (at, _) in body.match_indices("in (") {
+            let list = &body[at + 4..];
+            let list = &list[..list.find(')').unwrap()];
+            if !list.trim_start().starts_with('\'') {
+                continue;
+            }
+            lists += 1;
+            let set = quoted_names(list);
+            assert!(
+                named.contains(&set),
+                "{function} spells the set {set:?}, which is none of DispatchStatus's named sets"
+            );
+        }
+        for name in quoted_names(&body) {
+            if body.contains(&format!("status = '{name}'"))
+                || body.contains(&format!("status <> '{name}'"))
+            {
+                assert!(
+                    DispatchStatus::parse(&name).is_some(),
+                    "{function} compares a status with {name:?}, which is no state"
+                );
+            }
+        }
+    }
+    assert!(lists >= 3, "found only {lists} state lists");
+}
+
 #[tokio::test]
 async fn the_token_digest_is_documented_as_what_it_is() {
     let db = TestDb::new().await;
