@@ -149,3 +149,75 @@ async fn postgres_outage_fails_fast_with_a_cbc_error_then_recovers() {
     );
     broker.cleanup().await;
 }
+
+/// A log writer that keeps what it is given, for one test's scoped subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A record that fails in Postgres goes through the group commit to the
+/// answer: the client gets CBC.99004002 and nothing else, and the log line
+/// carries the whole cause chain, from what the intake was doing down to
+/// the database's own message.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_record_logs_its_cause_chain_and_tells_the_client_only_the_code() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // This thread runs every task of the test (a current-thread runtime), so
+    // a subscriber scoped to it sees the intake's logs and no other test's.
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _scoped = tracing::subscriber::set_default(subscriber);
+
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let broker = Broker::connect(&prefix).await;
+    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
+    let p = partner(&db.pool, AccountKind::Partner, false).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "ALTER FUNCTION accept_dispatch(uuid, uuid, text, text, text, integer, bytea, bytea,
+                                        integer, integer, double precision)
+           RENAME TO accept_dispatch_gone",
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let reply = intake
+        .send(&p.token, &valid_body("chain@example.com"))
+        .await;
+    assert_eq!(
+        reply.error_code().as_deref(),
+        Some("CBC.99004002"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        !reply.body.contains("accept_dispatch"),
+        "the cause leaks to the client: {}",
+        reply.body
+    );
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("recording the dispatch"))
+        .unwrap_or_else(|| panic!("no log line names the failed record:\n{logs}"));
+    assert!(
+        line.contains(
+            "recording the dispatch: error returned from database: function accept_dispatch("
+        ) && line.contains("does not exist"),
+        "the cause chain is cut: {line}"
+    );
+    broker.cleanup().await;
+}
