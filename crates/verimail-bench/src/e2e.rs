@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 use verimail_domain::DispatchStatus;
+use verimail_infra::store::dispatches::report::{self as ends, Timing};
 
 use anyhow::Context;
 use clap::Args;
@@ -101,12 +102,7 @@ pub async fn main(args: E2eArgs) -> anyhow::Result<ExitCode> {
     let ids: Vec<Uuid> = accepted.iter().map(|(id, _)| *id).collect();
     let since = run.started_wall - Duration::from_secs(1);
     let all_terminal = wait_until_terminal(&pool, &ids, since, &args.db).await?;
-    let rows: Vec<(Uuid, String, OffsetDateTime, Option<OffsetDateTime>)> =
-        sqlx::query_as("SELECT id, status, created_at, sent_at FROM dispatches WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&pool)
-            .await
-            .context("reading the dispatches")?;
+    let rows = ends::timings(&pool, &ids).await?;
     pool.close().await;
 
     let due: std::collections::HashMap<Uuid, OffsetDateTime> = accepted.into_iter().collect();
@@ -150,25 +146,9 @@ async fn wait_until_terminal(
 ) -> anyhow::Result<bool> {
     let give_up = tokio::time::Instant::now() + db.drain_timeout;
     loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM dispatches
-              WHERE status = ANY($2) AND created_at >= $1",
-        )
-        .bind(since)
-        .bind(&DispatchStatus::OPEN[..])
-        .fetch_one(pool)
-        .await
-        .context("counting open dispatches")?;
+        let open = ends::open_since(pool, since).await?;
         if open == 0 {
-            let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM dispatches
-                  WHERE id = ANY($1) AND NOT status = ANY($2)",
-            )
-            .bind(ids)
-            .bind(&DispatchStatus::OPEN[..])
-            .fetch_one(pool)
-            .await
-            .context("counting finished dispatches")?;
+            let done = ends::finished_among(pool, ids).await?;
             if usize::try_from(done).is_ok_and(|d| d >= ids.len()) {
                 return Ok(true);
             }
@@ -181,7 +161,7 @@ async fn wait_until_terminal(
 }
 
 fn pipeline_report(
-    rows: &[(Uuid, String, OffsetDateTime, Option<OffsetDateTime>)],
+    rows: &[Timing],
     due: &std::collections::HashMap<Uuid, OffsetDateTime>,
     started: OffsetDateTime,
     load_end: OffsetDateTime,
@@ -191,10 +171,16 @@ fn pipeline_report(
     let mut row_latency = Vec::new();
     let mut client_latency = Vec::new();
     let mut last_sent: Option<OffsetDateTime> = None;
-    for (id, status, created_at, sent_at) in rows {
-        *by_status.entry(status.clone()).or_insert(0) += 1;
+    for Timing {
+        id,
+        status,
+        created_at,
+        sent_at,
+    } in rows
+    {
+        *by_status.entry(status.as_str().to_owned()).or_insert(0) += 1;
         let Some(sent_at) = *sent_at else { continue };
-        if status != "sent" {
+        if *status != DispatchStatus::Sent {
             continue;
         }
         row_latency.push(non_negative(sent_at - *created_at));
@@ -284,12 +270,7 @@ pub async fn drain_main(args: DrainArgs) -> anyhow::Result<ExitCode> {
     let pool = connect(&args.db.database_url).await?;
     let give_up = tokio::time::Instant::now() + args.db.drain_timeout;
     let all_terminal = loop {
-        let open: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM dispatches WHERE status = ANY($1)")
-                .bind(&DispatchStatus::OPEN[..])
-                .fetch_one(&pool)
-                .await
-                .context("counting open dispatches")?;
+        let open = ends::open(&pool).await?;
         if open == 0 {
             break true;
         }
@@ -298,21 +279,8 @@ pub async fn drain_main(args: DrainArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(args.db.poll).await;
     };
-    let (sent, first, last): (i64, Option<OffsetDateTime>, Option<OffsetDateTime>) =
-        sqlx::query_as(
-            "SELECT count(*), min(sent_at), max(sent_at) FROM dispatches
-              WHERE status = $2 AND sent_at >= $1",
-        )
-        .bind(since)
-        .bind(DispatchStatus::Sent)
-        .fetch_one(&pool)
-        .await
-        .context("reading send times")?;
-    let statuses: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM dispatches GROUP BY status ORDER BY status")
-            .fetch_all(&pool)
-            .await
-            .context("counting by status")?;
+    let (sent, first, last) = ends::sent_since(&pool, since).await?;
+    let statuses = ends::by_status(&pool).await?;
     pool.close().await;
 
     let window = match (first, last) {
@@ -367,20 +335,26 @@ mod tests {
         let a = Uuid::from_u128(1);
         let b = Uuid::from_u128(2);
         let c = Uuid::from_u128(3);
+        let timing = |id, status, created_at, sent_at| Timing {
+            id,
+            status,
+            created_at,
+            sent_at,
+        };
         let rows = vec![
-            (
+            timing(
                 a,
-                "sent".to_owned(),
+                DispatchStatus::Sent,
                 start + Duration::from_millis(10),
                 Some(start + Duration::from_millis(110)),
             ),
-            (
+            timing(
                 b,
-                "sent".to_owned(),
+                DispatchStatus::Sent,
                 start + Duration::from_millis(500),
                 Some(start + Duration::from_millis(2000)),
             ),
-            (c, "failed".to_owned(), start, None),
+            timing(c, DispatchStatus::Failed, start, None),
         ];
         let due: HashMap<_, _> = [(a, start), (b, start), (c, start)].into();
         let r = pipeline_report(&rows, &due, start, start + Duration::from_secs(1), true);
