@@ -15,6 +15,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use verimail_infra::metrics as m;
+use verimail_infra::store::dispatches::partitions;
 
 /// Days of partitions kept ready after today's.
 pub const AHEAD_DAYS: i64 = 3;
@@ -29,9 +30,6 @@ pub const LEAST_RETENTION: Duration = Duration::from_secs(25 * 3600);
 const CLOCK_MARGIN_MS: i64 = 5 * 60 * 1000;
 
 const DAY_MS: i64 = 86_400_000;
-
-/// Distinguishes this lock from any other advisory lock ("verimail" in ASCII).
-const LOCK_KEY: i64 = 0x7665_7269_6d61_696c;
 
 /// Bounds for a step that waits on other sessions: a lock that is not granted
 /// quickly is given up (the next run tries again) rather than queueing every
@@ -102,20 +100,10 @@ async fn run_locked(
     wait: Duration,
     now: Option<OffsetDateTime>,
 ) -> anyhow::Result<Outcome> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET statement_timeout = '{STATEMENT_TIMEOUT}'; SET lock_timeout = '{LOCK_TIMEOUT}'"
-    )))
-    .execute(&mut *conn)
-    .await
-    .context("setting the maintenance session up")?;
+    partitions::bound_session(conn, STATEMENT_TIMEOUT, LOCK_TIMEOUT).await?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *conn)
-            .await
-            .context("taking the maintenance lock")?;
-        if locked {
+        if partitions::try_lock(conn).await? {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -125,13 +113,7 @@ async fn run_locked(
     }
     let now_ms = match now {
         Some(now) => unix_ms(now),
-        None => {
-            let now: OffsetDateTime = sqlx::query_scalar("SELECT now()")
-                .fetch_one(&mut *conn)
-                .await
-                .context("reading the database clock")?;
-            unix_ms(now)
-        }
+        None => unix_ms(partitions::now(conn).await?),
     };
     // The lock goes with the connection, which is closed whatever happens.
     Ok(Outcome::Done(steps(conn, policy, now_ms).await?))
@@ -179,31 +161,23 @@ struct Partition {
 }
 
 async fn attached(conn: &mut PgConnection) -> anyhow::Result<Vec<Partition>> {
-    let rows: Vec<(String, String, i64, f32)> = sqlx::query_as(
-        "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid),
-                pg_total_relation_size(c.oid), c.reltuples
-           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-          WHERE i.inhparent = 'dispatches'::regclass AND NOT i.inhdetachpending",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .context("listing the partitions of dispatches")?;
-    let mut partitions = rows
+    let mut attached = partitions::attached(conn)
+        .await?
         .into_iter()
-        .map(|(name, bound, bytes, tuples)| {
-            let (lo, hi) = parse_bound(&bound)
-                .with_context(|| format!("reading the bounds of {name}: {bound}"))?;
+        .map(|p| {
+            let (lo, hi) = parse_bound(&p.bound)
+                .with_context(|| format!("reading the bounds of {}: {}", p.name, p.bound))?;
             Ok(Partition {
-                name,
+                name: p.name,
                 lo,
                 hi,
-                bytes,
-                rows_estimate: tuples.max(0.0) as i64,
+                bytes: p.bytes,
+                rows_estimate: p.rows_estimate,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    partitions.sort_by_key(|p| p.lo);
-    Ok(partitions)
+    attached.sort_by_key(|p| p.lo);
+    Ok(attached)
 }
 
 /// Completes what an interrupted run left: a detach that stopped half-way
@@ -211,71 +185,34 @@ async fn attached(conn: &mut PgConnection) -> anyhow::Result<Vec<Partition>> {
 /// partitions that were not dropped yet. A table of that name that is
 /// neither (an operator's copy, say) is left alone.
 async fn finish_interrupted(conn: &mut PgConnection, cutoff: i64) -> anyhow::Result<Vec<Dropped>> {
-    let pending: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-          WHERE i.inhparent = 'dispatches'::regclass AND i.inhdetachpending",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .context("looking for interrupted detaches")?;
-    for name in pending {
+    for name in partitions::detaching(conn).await? {
         tracing::info!(partition = %name, "finishing an interrupted detach");
-        execute(
-            conn,
-            format!(
-                "ALTER TABLE dispatches DETACH PARTITION {} FINALIZE",
-                ident(&name)
-            ),
-        )
-        .await?;
+        partitions::finish_detach(conn, &name).await?;
     }
     // Detached tables still carry the range as their `<name>_bound` CHECK.
-    let loose: Vec<(String, Option<String>, i64, f32)> = sqlx::query_as(
-        "SELECT c.relname::text,
-                (SELECT pg_get_constraintdef(k.oid) FROM pg_constraint k
-                  WHERE k.conrelid = c.oid
-                    AND k.conname IN (c.relname || '_bound', 'dispatches_legacy_bound')),
-                pg_total_relation_size(c.oid), c.reltuples
-           FROM pg_class c
-          WHERE c.relkind = 'r' AND NOT c.relispartition
-            AND c.relnamespace = current_schema()::regnamespace
-            AND (c.relname LIKE 'dispatches\\_p%' OR c.relname = 'dispatches_legacy')",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .context("looking for detached partitions")?;
     let mut dropped = Vec::new();
-    for (name, check, bytes, tuples) in loose {
-        let hi = check.as_deref().and_then(last_uuid).map(uuid_ms);
+    for table in partitions::detached(conn).await? {
+        let hi = table.check.as_deref().and_then(last_uuid).map(uuid_ms);
         if hi.is_some_and(|hi| hi <= cutoff) {
-            execute(conn, format!("DROP TABLE {}", ident(&name))).await?;
-            tracing::info!(partition = %name, bytes, "dropped a detached partition past the retention");
+            partitions::drop_table(conn, &table.name).await?;
+            tracing::info!(partition = %table.name, bytes = table.bytes, "dropped a detached partition past the retention");
             metrics::counter!(m::PARTITIONS_DROPPED).increment(1);
             dropped.push(Dropped {
-                partition: name,
-                bytes,
-                rows_estimate: tuples.max(0.0) as i64,
+                partition: table.name,
+                bytes: table.bytes,
+                rows_estimate: table.rows_estimate,
             });
         } else {
-            tracing::warn!(partition = %name, "a table named like a partition of dispatches is not attached; leaving it");
+            tracing::warn!(partition = %table.name, "a table named like a partition of dispatches is not attached; leaving it");
         }
     }
     Ok(dropped)
 }
 
-/// Detaches without blocking sends (CONCURRENTLY takes only SHARE UPDATE
-/// EXCLUSIVE on `dispatches`, and must run outside a transaction block),
-/// then drops the table, which nothing reads any more.
+/// Detaches without blocking sends, then drops the table.
 async fn drop_partition(conn: &mut PgConnection, p: &Partition) -> anyhow::Result<Dropped> {
-    execute(
-        conn,
-        format!(
-            "ALTER TABLE dispatches DETACH PARTITION {} CONCURRENTLY",
-            ident(&p.name)
-        ),
-    )
-    .await?;
-    execute(conn, format!("DROP TABLE {}", ident(&p.name))).await?;
+    partitions::detach_concurrently(conn, &p.name).await?;
+    partitions::drop_table(conn, &p.name).await?;
     tracing::info!(
         partition = %p.name,
         bytes = p.bytes,
@@ -290,56 +227,16 @@ async fn drop_partition(conn: &mut PgConnection, p: &Partition) -> anyhow::Resul
     })
 }
 
-/// Percent of each heap page that inserts fill (migrations/0010).
-const DISPATCH_FILLFACTOR: u8 = 70;
-
-/// Creates the table on its own and attaches it, which takes only SHARE
-/// UPDATE EXCLUSIVE on `dispatches` (`CREATE TABLE ... PARTITION OF` would
-/// take ACCESS EXCLUSIVE). Its CHECK constraint states the range, so the
-/// attach has nothing to scan; indexes and the foreign key come with it.
 async fn create_partition(
     conn: &mut PgConnection,
     name: &str,
     lo: i64,
     hi: i64,
 ) -> anyhow::Result<()> {
-    let (table, check) = (ident(name), ident(&format!("{name}_bound")));
     let (from, to) = (ms_uuid(lo), ms_uuid(hi));
-    let mut tx = conn
-        .begin()
-        .await
-        .context("starting a partition's creation")?;
-    for sql in [
-        // Room for HOT updates: see migrations/0010.
-        format!(
-            "CREATE TABLE {table} (LIKE dispatches INCLUDING DEFAULTS INCLUDING CONSTRAINTS) \
-             WITH (fillfactor = {DISPATCH_FILLFACTOR})"
-        ),
-        format!(
-            "ALTER TABLE {table} ADD CONSTRAINT {check} CHECK (id >= '{from}' AND id < '{to}')"
-        ),
-        format!(
-            "ALTER TABLE dispatches ATTACH PARTITION {table} FOR VALUES FROM ('{from}') TO ('{to}')"
-        ),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("creating partition {name}: {sql}"))?;
-    }
-    tx.commit()
-        .await
-        .with_context(|| format!("creating partition {name}"))?;
+    partitions::create(conn, name, from, to).await?;
     tracing::info!(partition = %name, from = %from, to = %to, "created a partition");
     metrics::counter!(m::PARTITIONS_CREATED).increment(1);
-    Ok(())
-}
-
-async fn execute(conn: &mut PgConnection, sql: String) -> anyhow::Result<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-        .execute(&mut *conn)
-        .await
-        .with_context(|| format!("maintenance step failed: {sql}"))?;
     Ok(())
 }
 
@@ -441,10 +338,6 @@ fn from_unix_ms(ms: i64) -> anyhow::Result<OffsetDateTime> {
     let ms = ms.clamp(0, 253_402_300_799_000);
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .context("a partition bound out of range")
-}
-
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Runs maintenance now and then every `interval` until `stopped` is raised.

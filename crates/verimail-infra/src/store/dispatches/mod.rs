@@ -9,6 +9,7 @@ pub mod check;
 pub mod claims;
 pub mod erase;
 pub mod outcomes;
+pub mod partitions;
 pub mod report;
 pub mod sweep;
 pub mod view;
