@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 use verimail_domain::secrets::{Keys, token_digest};
 use verimail_infra::db;
+use verimail_infra::store::{access_keys, partners, tokens};
 
 use crate::config::{self, ConfigError, Source};
 
@@ -130,41 +131,24 @@ impl DevBootstrap {
     /// Makes the partner and credentials live; the same on every run.
     pub async fn apply(&self, pool: &PgPool, keys: Option<&Keys>) -> anyhow::Result<()> {
         let mut tx = pool.begin().await.context("dev bootstrap: begin")?;
-        sqlx::query(
-            "INSERT INTO partners (id, name, kind, status) VALUES ($1, $2, 'partner', 'active')
-             ON CONFLICT (id) DO UPDATE SET kind = 'partner', status = 'active'",
-        )
-        .bind(self.partner_id)
-        .bind(PARTNER_NAME)
-        .execute(&mut *tx)
-        .await
-        .context("dev bootstrap: the partner")?;
-        if let Some(token) = &self.token {
-            sqlx::query(
-                "INSERT INTO tokens (digest, partner_id, expires_at)
-                 VALUES ($1, $2, now() + interval '10 years')
-                 ON CONFLICT (digest) DO UPDATE
-                 SET partner_id = EXCLUDED.partner_id, expires_at = EXCLUDED.expires_at, revoked_at = NULL",
-            )
-            .bind(token_digest(token))
-            .bind(self.partner_id)
-            .execute(&mut *tx)
+        partners::upsert_active(&mut tx, self.partner_id, PARTNER_NAME)
             .await
-            .context("dev bootstrap: the token")?;
+            .context("dev bootstrap")?;
+        if let Some(token) = &self.token {
+            tokens::upsert_live(&mut tx, &token_digest(token), self.partner_id)
+                .await
+                .context("dev bootstrap")?;
         }
         if let Some((ak, sk)) = &self.access_key {
             let keys = keys.context("dev bootstrap: an access key needs VERIMAIL_SECRET")?;
-            sqlx::query(
-                "INSERT INTO access_keys (access_key, partner_id, secret_sealed) VALUES ($1, $2, $3)
-                 ON CONFLICT (access_key) DO UPDATE
-                 SET partner_id = EXCLUDED.partner_id, secret_sealed = EXCLUDED.secret_sealed, revoked_at = NULL",
+            access_keys::upsert_live(
+                &mut tx,
+                ak,
+                self.partner_id,
+                &keys.seal_access_secret(ak, sk),
             )
-            .bind(ak)
-            .bind(self.partner_id)
-            .bind(keys.seal_access_secret(ak, sk))
-            .execute(&mut *tx)
             .await
-            .context("dev bootstrap: the access key")?;
+            .context("dev bootstrap")?;
         }
         tx.commit().await.context("dev bootstrap: commit")?;
         tracing::warn!(

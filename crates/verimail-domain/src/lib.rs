@@ -4,6 +4,7 @@
 //! talks to a network or a database (`verimail-infra` does), so the rules
 //! build and test alone, and the fuzz targets compile only this.
 
+pub mod account;
 pub mod code;
 pub mod error_code;
 pub mod message;

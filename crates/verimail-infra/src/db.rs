@@ -49,6 +49,15 @@ pub fn pool(settings: &DbSettings) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options))
 }
 
+/// Whether Postgres answers (a round trip, for readiness).
+pub async fn ping(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query!("SELECT 1 AS one")
+        .fetch_one(pool)
+        .await
+        .context("asking Postgres")?;
+    Ok(())
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("applying migrations")
 }
@@ -71,11 +80,12 @@ pub async fn create_database_if_missing(
         .connect()
         .await
         .context("connecting to the postgres maintenance database")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        name
+    )
+    .fetch_one(&mut admin)
+    .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

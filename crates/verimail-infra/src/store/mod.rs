@@ -9,5 +9,9 @@
 //! `created_at`, so it reads only the partitions its window can touch
 //! (`dispatches` is partitioned by UUIDv7 id, one UTC day each).
 
+pub mod access_keys;
 pub mod dispatches;
+pub mod partners;
+pub mod revocations;
 pub mod send_replays;
+pub mod tokens;

@@ -257,19 +257,18 @@ impl Authenticator {
 }
 
 async fn lookup_token(pool: &PgPool, digest: &[u8]) -> anyhow::Result<Option<Account>> {
-    let row: Option<(Uuid, String, String, OffsetDateTime, bool)> = sqlx::query_as(
-        "SELECT t.partner_id, p.kind, p.status, t.expires_at, t.revoked_at IS NOT NULL
-           FROM tokens t JOIN partners p ON p.id = t.partner_id
-          WHERE t.digest = $1",
-    )
-    .bind(digest)
-    .fetch_optional(pool)
-    .await
-    .context("looking up a token")?;
-    row.map(|(partner_id, kind, status, expires_at, revoked)| {
-        Account::decode(partner_id, &kind, &status, Some(expires_at), revoked)
-    })
-    .transpose()
+    verimail_infra::store::tokens::lookup(pool, digest)
+        .await?
+        .map(|t| {
+            Account::decode(
+                t.partner_id,
+                &t.kind,
+                &t.status,
+                Some(t.expires_at),
+                t.revoked,
+            )
+        })
+        .transpose()
 }
 
 impl Account {

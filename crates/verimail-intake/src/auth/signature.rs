@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::http::HeaderMap;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -21,24 +20,15 @@ pub(super) async fn lookup_key(
     keys: &Keys,
     access_key: &str,
 ) -> anyhow::Result<Option<(Account, Vec<u8>)>> {
-    let row: Option<(Uuid, String, String, Vec<u8>, bool)> = sqlx::query_as(
-        "SELECT k.partner_id, p.kind, p.status, k.secret_sealed, k.revoked_at IS NOT NULL
-           FROM access_keys k JOIN partners p ON p.id = k.partner_id
-          WHERE k.access_key = $1",
-    )
-    .bind(access_key)
-    .fetch_optional(pool)
-    .await
-    .context("looking up an access key")?;
-    let Some((partner_id, kind, status, sealed, revoked)) = row else {
+    let Some(row) = verimail_infra::store::access_keys::lookup(pool, access_key).await? else {
         return Ok(None);
     };
-    let secret = keys.open_access_secret(access_key, &sealed).map_err(|_| {
+    let secret = keys.open_access_secret(access_key, &row.secret_sealed).map_err(|_| {
         anyhow::anyhow!(
             "opening a sealed secret key failed: was VERIMAIL_SECRET changed since the key was created?"
         )
     })?;
-    let account = Account::decode(partner_id, &kind, &status, None, revoked)?;
+    let account = Account::decode(row.partner_id, &row.kind, &row.status, None, row.revoked)?;
     Ok(Some((account, secret)))
 }
 

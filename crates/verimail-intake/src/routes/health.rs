@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use verimail_infra::db;
 
 use crate::state::AppState;
 
@@ -29,11 +30,7 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready when Postgres answers and the broker can be reached.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await;
+    let db = tokio::time::timeout(Duration::from_secs(2), db::ping(&state.pool)).await;
     let db_ok = matches!(db, Ok(Ok(_)));
     let broker_ok = state.publisher.ready().await.is_ok();
     let status = if db_ok && broker_ok {
