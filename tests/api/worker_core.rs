@@ -3,11 +3,9 @@
 //! broker is involved; the database and the SMTP server are real.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
-use support::{TestDb, partner, processor, record_dispatch, unique_prefix, worker_settings};
+use crate::support::{TestDb, partner, processor, record_dispatch, unique_prefix, worker_settings};
 use uuid::Uuid;
 use verimail_intake::accounts::AccountKind;
 use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
@@ -18,7 +16,7 @@ struct Core {
     db: TestDb,
     sink: SmtpSink,
     core: verimail_worker::Processor,
-    partner: support::Partner,
+    partner: crate::support::Partner,
 }
 
 impl Core {
