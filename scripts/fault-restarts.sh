@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fault-injection scenario of tests/fault_injection.rs with real restarts:
+# The fault-injection scenario of tests/api/fault_injection.rs with real restarts:
 # `rabbitmqctl stop_app`/`start_app` and `pg_ctlcluster … restart` instead of
 # cut proxies. It stops the shared servers, so run it when nothing else uses
 # them (.ci/run runs it after the test suite). Needs to be allowed to run
@@ -19,7 +19,7 @@ up() {
 
 up
 status=0
-cargo test --test fault_injection real_restarts -- --ignored --nocapture || status=$?
+cargo test --test api -- --ignored --exact fault_injection::real_restarts --nocapture || status=$?
 # Whatever happened, leave both servers running.
 rabbitmqctl start_app >/dev/null 2>&1 || true
 pg_isready -q -h 127.0.0.1 -p 5432 ||

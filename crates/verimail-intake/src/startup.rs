@@ -22,7 +22,7 @@ use crate::state::AppState;
 use crate::{IntakeSettings, request_id};
 
 /// Every route: method, path, handler. The router is built from this list
-/// and nothing else, and `tests/openapi.rs` holds `openapi.json` to it, so
+/// and nothing else, and `tests/api/openapi.rs` holds `openapi.json` to it, so
 /// a route cannot exist without being documented, or the reverse.
 pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
     vec![

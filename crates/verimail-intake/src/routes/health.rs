@@ -11,7 +11,7 @@ use verimail_infra::db;
 use crate::state::AppState;
 
 /// The API's OpenAPI 3.1 document (`openapi.json` beside this crate's
-/// manifest, held to the router by `tests/openapi.rs`).
+/// manifest, held to the router by `tests/api/openapi.rs`).
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 pub async fn openapi() -> (

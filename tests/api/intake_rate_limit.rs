@@ -2,10 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use futures_util::future::join_all;
-use support::*;
 use verimail_intake::accounts::AccountKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,14 +3,12 @@
 //! online migration of an unpartitioned table, and erasure of one address.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
 use sqlx::PgPool;
-use support::*;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use verimail_intake::accounts::AccountKind;
@@ -273,7 +271,7 @@ async fn moving_the_clock_forward_creates_the_days_ahead_and_retires_the_past() 
     assert_eq!(report.covered_until, today + DAY * 8);
     // A day maintain made is built like one the migrations made: the same
     // storage options (the fillfactor that keeps claims HOT, pinned by
-    // tests/schema.rs) and every index of the parent.
+    // tests/api/schema.rs) and every index of the parent.
     let made_by_migration = partition_shape(&db.pool, &day_name(today + DAY * 3)).await;
     let parent_indexes: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE indrelid = 'dispatches'::regclass")

@@ -1,12 +1,10 @@
 //! `/metrics` counts requests by outcome and dispatches by final state.
-//! Its own test binary: the recorder is process-wide.
+//! Its own process (`run_in_own_process`): the recorder is process-wide.
 #![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use verimail_intake::accounts::AccountKind;
 use verimail_testkit::smtp_sink::SmtpSink;
 
@@ -27,6 +25,9 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_final_states_are_counted() {
+    if run_in_own_process("metrics::requests_and_final_states_are_counted") {
+        return;
+    }
     let db = TestDb::new().await;
     let prefix = unique_prefix();
     let broker = Broker::connect(&prefix).await;

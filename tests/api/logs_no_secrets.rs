@@ -1,14 +1,14 @@
 //! No code, token or secret reaches the logs, at any level, during a full
-//! send → mail. Its own test binary, because it installs a global subscriber.
+//! send → mail. Its own process (`run_in_own_process`), because it installs
+//! the global subscriber and must capture every thread's events, lapin's I/O
+//! thread included, and no other test's.
 #![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use verimail_intake::accounts::AccountKind;
 use verimail_testkit::smtp_sink::SmtpSink;
 
@@ -27,6 +27,9 @@ impl Write for Captured {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_send_logs_no_code_token_secret_or_address() {
+    if run_in_own_process("logs_no_secrets::a_full_send_logs_no_code_token_secret_or_address") {
+        return;
+    }
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()

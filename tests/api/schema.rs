@@ -4,11 +4,9 @@
 //! functions to what the hot path needs of them.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 
-use support::TestDb;
+use crate::support::TestDb;
 use verimail_domain::DispatchStatus;
 
 /// The quoted names in an SQL fragment, e.g. `status IN ('a', 'b')`.

@@ -2,12 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use verimail_testkit::smtp_sink::SmtpSink;
 
 /// Twenty spellings an attacker might use for one victim's mailbox.
@@ -363,7 +361,7 @@ async fn a_repeated_unknown_token_costs_no_database_round_trip() {
     let db = TestDb::new().await;
     let prefix = unique_prefix();
     let broker = Broker::connect(&prefix).await;
-    let proxy = support::proxy::Proxy::start(target(&db.url)).await;
+    let proxy = crate::support::proxy::Proxy::start(target(&db.url)).await;
     let mut settings = intake_settings(amqp_url(), &prefix);
     settings.auth_cache_ttl = Duration::from_secs(5);
     let intake = TestIntake::spawn(settings, &db.url_via(proxy.addr())).await;

@@ -4,11 +4,9 @@
 //! again once the backlog is worked off.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use verimail_intake::accounts::AccountKind;
 
 #[tokio::test]

@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 
 #[tokio::test]

@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::proxy::Proxy;
-use support::*;
+use crate::support::proxy::Proxy;
+use crate::support::*;
 use verimail_intake::accounts::AccountKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
-use support::Stack as Env;
+use crate::support::Stack as Env;
 
 async fn env() -> Env {
     Env::start().await

@@ -2,7 +2,10 @@
 //! intake on port 0, a cuttable TCP proxy, and broker helpers.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod own_process;
 pub mod proxy;
+
+pub use own_process::run_in_own_process;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,22 +3,30 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 use uuid::Uuid;
 use verimail_intake::accounts::AccountKind;
 use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-use support::Stack as Env;
+/// This file's `Stack` with its own helpers: in one test crate an inherent
+/// `impl Stack` here would clash with another module's.
+struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
+}
 
 async fn env() -> Env {
-    Env::start().await
+    Env(Stack::start().await)
 }
 
 impl Env {

@@ -3,11 +3,9 @@
 //! broker is involved; the database and the SMTP server are real.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
-use support::{TestDb, partner, processor, record_dispatch, unique_prefix, worker_settings};
+use crate::support::{TestDb, partner, processor, record_dispatch, unique_prefix, worker_settings};
 use uuid::Uuid;
 use verimail_intake::accounts::AccountKind;
 use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
@@ -18,7 +16,7 @@ struct Core {
     db: TestDb,
     sink: SmtpSink,
     core: verimail_worker::Processor,
-    partner: support::Partner,
+    partner: crate::support::Partner,
 }
 
 impl Core {
@@ -79,7 +77,7 @@ async fn a_transient_failure_parks_for_the_schedules_first_wait() {
     let t = Core::start().await;
     t.sink
         .push_behaviour(Behaviour::RejectData("451 4.3.0 try later".into()));
-    let first_wait = support::fast_retries()[0];
+    let first_wait = crate::support::fast_retries()[0];
     let (id, _) = t.record("retry@example.com").await;
 
     assert_eq!(t.core.process(id).await.unwrap(), Next::Park(first_wait));

@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 async fn send_with_key(stack: &Stack, key: &str, body: &Value) -> Reply {
     let response = stack

@@ -16,15 +16,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::proxy::Proxy;
-use support::*;
+use crate::support::proxy::Proxy;
+use crate::support::*;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use verimail_intake::accounts::AccountKind;
@@ -578,7 +576,7 @@ async fn scenario(outages: Outages) {
         accepted.len() > answers.len() / 2,
         "the load mostly got through"
     );
-    support::assert_open_means_sealed(&run.db.pool).await;
+    crate::support::assert_open_means_sealed(&run.db.pool).await;
     for worker in &mut run.workers {
         worker.kill();
     }

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 use uuid::Uuid;
 
 const TOKEN: &str = "vmt_dev_only_test_token_0123456789";

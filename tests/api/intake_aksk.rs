@@ -2,12 +2,10 @@
 //! them, the same outcomes as tokens, and the official Python SDK itself.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use time::OffsetDateTime;
 use verimail_domain::sdk_signature::{self, SignedRequest};
 use verimail_intake::accounts::{self, AccountKind, AccountStatus};

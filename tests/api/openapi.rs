@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use verimail_domain::ErrorCode;
 
 async fn document(stack: &Stack) -> Value {

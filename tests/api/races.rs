@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
-use support::proxy::Proxy;
-use support::*;
+use crate::support::proxy::Proxy;
+use crate::support::*;
 use verimail_domain::CodeTtl;
 use verimail_infra::store::dispatches::accept as intake_store;
 use verimail_infra::store::dispatches::{self as store, Admission, Claim, NewDispatch, Outcome};
