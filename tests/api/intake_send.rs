@@ -3,8 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use crate::support::*;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::support::Stack as Env;
 
@@ -370,6 +373,85 @@ async fn health_and_readiness() {
     assert_eq!(
         (ready.status, ready.json()),
         (200, json!({"postgres": "ok", "rabbitmq": "ok"}))
+    );
+    env.broker.cleanup().await;
+}
+
+/// A client that hangs up while its send is being recorded strands nothing:
+/// the record commits and the dispatch is handed to the broker all the same
+/// (a dispatch recorded but never published would wait for the sweeper, and
+/// one half-answered would leave its replay key undecided).
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_send_strands_no_dispatch() {
+    use sqlx::Connection;
+    use tokio::io::AsyncWriteExt;
+    let env = env().await;
+    let email = "hangup@example.com";
+    // Hold the recipient's lock, the one accept_dispatch takes, so the send
+    // is inside its record when the client goes.
+    let mut blocker = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(email)
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&valid_body(email)).unwrap();
+    let mut socket = tokio::net::TcpStream::connect(env.intake.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {SEND_PATH} HTTP/1.1\r\nHost: {}\r\nX-Auth-Token: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        env.intake.addr,
+        env.partner.token,
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body).await.unwrap();
+    let waiting = async {
+        loop {
+            let waiters: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+            if waiters > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the send reaches its record");
+    // The client hangs up, and the server has time to notice.
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(email)
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let mut published = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while published.is_empty() && std::time::Instant::now() < deadline {
+        published = env.broker.decoded_dispatches().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status FROM dispatches WHERE recipient = $1")
+            .bind(email)
+            .fetch_all(&env.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1, "the send was recorded once: {rows:?}");
+    assert_eq!(rows[0].1, "queued", "and is waiting for a worker: {rows:?}");
+    assert_eq!(
+        published.iter().map(|m| m.dispatch_id).collect::<Vec<_>>(),
+        vec![rows[0].0],
+        "and was handed to the broker at once, not left to the sweeper"
     );
     env.broker.cleanup().await;
 }
