@@ -6,6 +6,9 @@ use verimail_domain::CheckRequest;
 
 fuzz_target!(|body: &[u8]| {
     if let Ok(request) = CheckRequest::parse(body) {
-        assert!(!request.code.is_empty() && request.code.len() <= 16);
+        assert!(
+            !request.code.is_empty()
+                && request.code.chars().count() <= CheckRequest::CODE_MAX_CHARS
+        );
     }
 });

@@ -120,3 +120,149 @@ async fn each_documented_operation_is_a_route_on_a_running_intake() {
     }
     stack.broker.cleanup().await;
 }
+
+/// A JSON Schema `pattern` and length limits, run here as a generator of
+/// positive data would read them.
+struct StringSchema {
+    pattern: regex_automata::dfa::regex::Regex,
+    min: usize,
+    max: usize,
+}
+
+impl StringSchema {
+    fn of(schema: &Value) -> Self {
+        let limit = |key: &str, default: u64| schema[key].as_u64().unwrap_or(default) as usize;
+        Self {
+            pattern: regex_automata::dfa::regex::Regex::new(schema["pattern"].as_str().unwrap())
+                .unwrap(),
+            min: limit("minLength", 0),
+            max: limit("maxLength", u64::MAX),
+        }
+    }
+
+    fn accepts(&self, s: &str) -> bool {
+        (self.min..=self.max).contains(&s.chars().count()) && self.pattern.is_match(s)
+    }
+}
+
+/// Schema-valid data must be accepted (schemathesis' positive data once
+/// sent `{"email": ""}`), and what the schema refuses should be refused: the
+/// email pattern agrees with `Email::parse` on every address here but the
+/// kinds its description lists as beyond a pattern.
+#[test]
+fn the_request_schemas_accept_what_the_api_accepts() {
+    use verimail_domain::Email;
+    let doc: Value = serde_json::from_str(verimail_intake::routes::health::OPENAPI).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for body in ["SendRequest", "CheckRequest"] {
+        assert_eq!(
+            schemas[body]["properties"]["email"]["$ref"], "#/components/schemas/Email",
+            "{body}"
+        );
+    }
+    let email = StringSchema::of(&schemas["Email"]);
+    let both = |s: &str| (email.accepts(s), Email::parse(s).is_ok());
+
+    let locals = [
+        "a",
+        "user",
+        "first.last",
+        "a.b.c",
+        "x+tag",
+        "!#$%&'*+/=?^_`{|}~-",
+        "0",
+        ".a",
+        "a.",
+        "a..b",
+        "\"a\"",
+        "a\\b",
+        "a b",
+        "vïctim",
+        "a@b",
+        "",
+    ];
+    let domains = [
+        "example.com",
+        "b.c",
+        "a-b.example",
+        "a.b-c.d",
+        "1.2.3.com",
+        "x.1-2",
+        "x.1a",
+        "x.a1",
+        "localhost",
+        "1.2.3.4",
+        "x.123",
+        "-a.com",
+        "a-.com",
+        "a.-b",
+        "a_b.com",
+        "example.com.",
+        ".example.com",
+        "a..b",
+        "[127.0.0.1]",
+        "ex ample.com",
+        "a.b-",
+        "",
+    ];
+    let mut agreed = 0;
+    for local in locals {
+        for domain in domains {
+            let address = format!("{local}@{domain}");
+            let (schema, parser) = both(&address);
+            assert_eq!(
+                schema, parser,
+                "{address:?}: schema {schema}, parser {parser}"
+            );
+            agreed += usize::from(schema);
+        }
+    }
+    assert!(agreed > 50, "only {agreed} addresses accepted");
+
+    let longest = format!("{}@example.com", "a".repeat(64 - 12));
+    for refused_by_both in [
+        "",
+        " ",
+        "a",
+        "a@b",
+        "user.example.com",
+        "a@b@example.com",
+        "User <user@example.com>",
+        "user\u{7}@example.com",
+        &format!("a{longest}"),
+    ] {
+        assert_eq!(both(refused_by_both), (false, false), "{refused_by_both:?}");
+    }
+    assert_eq!(both(&longest), (true, true));
+    // What the description says the pattern cannot express.
+    for parser_only in [
+        " user@example.com ",
+        "user@example.com\n",
+        "user@bücher.example",
+        "user@xn--bcher-kva.example",
+        "user@a--b.example",
+    ] {
+        assert_eq!(both(parser_only), (false, true), "{parser_only:?}");
+    }
+
+    let lang = StringSchema::of(&schemas["SendRequest"]["properties"]["lang"]);
+    for tag in [
+        "", "zh-cn", "en-us", "EN-US", "Zh-Cn", "fr-fr", "en", "zh_cn", " zh-cn", "en-us\n",
+    ] {
+        let parsed = verimail_domain::Lang::parse_field(Some(&Value::from(tag))).is_ok();
+        assert_eq!(lang.accepts(tag), parsed, "lang {tag:?}");
+    }
+}
+
+/// The send's 204 links its X-Request-Id to the dispatch, so stateful
+/// testing reaches real dispatches instead of only 404s.
+#[test]
+fn the_send_links_its_request_id_to_the_dispatch() {
+    let doc: Value = serde_json::from_str(verimail_intake::routes::health::OPENAPI).unwrap();
+    let link = &doc["paths"]["/v2/bases/verificationcode/send"]["post"]["responses"]["204"]["links"]
+        ["getDispatch"];
+    assert_eq!(link["parameters"]["id"], "$response.header.X-Request-Id");
+    let target = &doc["paths"]["/v2/bases/verificationcode/dispatches/{id}"]["get"];
+    assert_eq!(target["operationId"], link["operationId"]);
+    assert_eq!(target["parameters"][0]["name"], "id");
+}

@@ -212,7 +212,7 @@ impl CodeTtl {
     pub fn parse_field(value: Option<&Value>) -> Result<Self, Rejection> {
         let minutes = match value {
             None | Some(Value::Null) => return Ok(Self(Self::DEFAULT_MINUTES)),
-            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::Number(n)) => whole_number(n),
             Some(_) => None,
         };
         match minutes {
@@ -238,8 +238,19 @@ impl CodeTtl {
     }
 }
 
+/// A non-negative whole number in either JSON spelling, `5` or `5.0` (or
+/// `5e0`): JSON does not tell them apart, nor does the OpenAPI document's
+/// `integer`, and clients whose numbers are floats send the second. Too large
+/// a float saturates, so it is out of any range checked after.
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        (f.fract() == 0.0 && f >= 0.0).then_some(f as u64)
+    })
+}
+
 fn parse_receiver_type(value: Option<&Value>) -> Result<(), Rejection> {
-    match value.and_then(Value::as_u64) {
+    match value.and_then(Value::as_number).and_then(whole_number) {
         Some(2) => Ok(()),
         _ => Err(Rejection::param("receiver_type must be 2 (email)")),
     }
@@ -282,14 +293,22 @@ pub struct CheckRequest {
 }
 
 impl CheckRequest {
+    /// Counted in characters, like every other field limit (and as the
+    /// OpenAPI document's `maxLength` counts).
+    pub const CODE_MAX_CHARS: usize = 16;
+
     pub fn parse(body: &[u8]) -> Result<Self, Rejection> {
         let map = parse_object(body)?;
         let email = Email::parse_field(map.get("email"))?;
         let code = match map.get("verification_code") {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 16 => s.clone(),
+            Some(Value::String(s))
+                if !s.is_empty() && s.chars().count() <= Self::CODE_MAX_CHARS =>
+            {
+                s.clone()
+            }
             _ => {
                 return Err(Rejection::param(
-                    "verification_code must be a non-empty string",
+                    "verification_code must be a non-empty string of at most 16 characters",
                 ));
             }
         };
@@ -335,7 +354,9 @@ mod tests {
             ("receiver_type null", json!({"receiver_type": null}), P),
             ("receiver_type 1", json!({"receiver_type": 1}), P),
             ("receiver_type \"2\"", json!({"receiver_type": "2"}), P),
-            ("receiver_type 2.0", json!({"receiver_type": 2.0}), P),
+            ("receiver_type 2.0", json!({"receiver_type": 2.0}), None),
+            ("receiver_type 2.5", json!({"receiver_type": 2.5}), P),
+            ("receiver_type -2", json!({"receiver_type": -2}), P),
             ("timeout 0", json!({"timeout": 0}), P),
             ("timeout -1", json!({"timeout": -1}), P),
             ("timeout 1", json!({"timeout": 1}), None),
@@ -344,6 +365,12 @@ mod tests {
             ("timeout 3000", json!({"timeout": 3000}), None),
             ("timeout 3001", json!({"timeout": 3001}), P),
             ("timeout 1.5", json!({"timeout": 1.5}), P),
+            ("timeout 5.0", json!({"timeout": 5.0}), None),
+            ("timeout 217.0", json!({"timeout": 217.0}), None),
+            ("timeout -0.0", json!({"timeout": -0.0}), P),
+            ("timeout -5.0", json!({"timeout": -5.0}), P),
+            ("timeout 3001.0", json!({"timeout": 3001.0}), P),
+            ("timeout 1e300", json!({"timeout": 1e300}), P),
             ("timeout \"5\"", json!({"timeout": "5"}), P),
             ("timeout true", json!({"timeout": true}), P),
             ("timeout null", json!({"timeout": null}), None),
@@ -407,12 +434,31 @@ mod tests {
             (json!(60), 60),
             (json!(61), 5),
             (json!(3000), 5),
+            (json!(7.0), 7),
+            (json!(61.0), 5),
         ] {
             let req = outcome(json!({ "timeout": given })).expect("valid");
             assert_eq!(req.ttl.minutes(), minutes, "timeout {given}");
         }
         let req = outcome(json!({"timeout": "<absent>"})).expect("valid");
         assert_eq!(req.ttl.minutes(), 10);
+    }
+
+    #[test]
+    fn whole_numbers_count_in_any_json_spelling() {
+        let parsed =
+            SendRequest::parse(br#"{"receiver_type": 2.0, "timeout": 1e1, "email": "a@b.co"}"#)
+                .expect("2.0 and 1e1 are whole numbers");
+        assert_eq!(parsed.ttl.minutes(), 10);
+        let fraction =
+            SendRequest::parse(br#"{"receiver_type": 2, "timeout": 0.5e1, "email": "a@b.co"}"#);
+        assert_eq!(fraction.map(|r| r.ttl.minutes()), Ok(5));
+        let not_whole =
+            SendRequest::parse(br#"{"receiver_type": 2, "timeout": 5.5, "email": "a@b.co"}"#);
+        assert_eq!(
+            not_whole.map_err(|r| r.code),
+            Err(ErrorCode::ParameterError)
+        );
     }
 
     #[test]
@@ -545,5 +591,18 @@ mod tests {
         assert_eq!(no_code.err(), Some(ErrorCode::ParameterError));
         let no_email = CheckRequest::parse(br#"{"verification_code":"1"}"#).map_err(|r| r.code);
         assert_eq!(no_email.err(), Some(ErrorCode::InvalidEmail));
+        // 16 characters (48 bytes) is a code to check; 17 is a parameter error.
+        let code = |c: &str| {
+            CheckRequest::parse(
+                serde_json::to_vec(&json!({"email": "a@b.co", "verification_code": c}))
+                    .expect("json")
+                    .as_slice(),
+            )
+            .map(|r| r.code)
+            .map_err(|r| r.code)
+        };
+        assert_eq!(code(&"€".repeat(16)), Ok("€".repeat(16)));
+        assert_eq!(code(&"1".repeat(17)), Err(ErrorCode::ParameterError));
+        assert_eq!(code(""), Err(ErrorCode::ParameterError));
     }
 }
