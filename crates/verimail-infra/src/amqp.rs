@@ -3,10 +3,17 @@
 //!
 //! ```text
 //! {p}.dispatch (direct) ──"dispatch"──▶ {p}.dispatch (quorum queue) ──▶ workers
-//!        ▲                                   │ nack, no requeue
+//!        ▲  │                                │ nack, no requeue
+//!        │  └──"due"──▶ {p}.due (quorum) ──▶ workers, beside the dispatch queue
 //!        │ dead-letter after TTL             ▼
 //! {p}.retry (direct) ──"<ms>"──▶ {p}.retry.<ms>ms    {p}.dead (fanout) ──▶ {p}.dead (queue)
+//!                    ──"recheck.due"──▶ {p}.recheck.due (per-message TTL) ──▶ "due"
 //! ```
+//!
+//! A re-check (the end of another worker's lease) comes back through
+//! `{p}.due`, not the dispatch queue: behind a backlog (after an outage) the
+//! dispatch queue would hold it for as long as the backlog takes, and the
+//! dispatches of a killed worker would wait that long past their lease.
 
 use std::time::Duration;
 
@@ -17,7 +24,13 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 pub const DISPATCH_ROUTING_KEY: &str = "dispatch";
 /// Routes a message to the re-check queue (on the retry exchange).
-pub const RECHECK_ROUTING_KEY: &str = "recheck";
+pub const RECHECK_ROUTING_KEY: &str = "recheck.due";
+/// Routes a message whose wait is over to the due queue (on the dispatch
+/// exchange), where the re-check queue dead-letters it.
+pub const DUE_ROUTING_KEY: &str = "due";
+/// The re-check queue of workers before `{p}.due` (it dead-letters into the
+/// dispatch queue): still declared, so workers not yet upgraded keep theirs.
+const LEGACY_RECHECK_ROUTING_KEY: &str = "recheck";
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -56,9 +69,20 @@ impl Topology {
     }
 
     /// Messages that wait for their own expiration (a lease's end), then
-    /// dead-letter back to the dispatch queue.
+    /// dead-letter to the due queue. (A queue's arguments cannot change, so
+    /// this is a new name: `{p}.recheck` dead-letters to the dispatch queue.)
     pub fn recheck_queue(&self) -> String {
+        format!("{}.recheck.due", self.prefix)
+    }
+
+    fn legacy_recheck_queue(&self) -> String {
         format!("{}.recheck", self.prefix)
+    }
+
+    /// Re-checks whose wait is over: workers consume it beside the dispatch
+    /// queue, so a backlog there does not hold them.
+    pub fn due_queue(&self) -> String {
+        format!("{}.due", self.prefix)
     }
 
     pub fn dead_exchange(&self) -> String {
@@ -75,6 +99,8 @@ impl Topology {
             self.dispatch_queue(),
             self.dead_queue(),
             self.recheck_queue(),
+            self.legacy_recheck_queue(),
+            self.due_queue(),
         ];
         queues.extend(retry_delays.iter().map(|d| self.retry_queue(*d)));
         queues
@@ -173,17 +199,53 @@ impl Topology {
             )
             .await
             .context("declaring the retry exchange")?;
+        let (_, queue_opts) = durable_options();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dead_exchange()),
+        );
+        channel
+            .queue_declare(self.due_queue().into(), queue_opts, quorum(args))
+            .await
+            .context("declaring the due queue")?;
+        channel
+            .queue_bind(
+                self.due_queue().into(),
+                self.dispatch_exchange().into(),
+                DUE_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("binding the due queue")?;
         // Per-message TTLs expire only at the head of a queue; every wait
         // parked here is at most a lease long, so the head is never far behind.
-        self.declare_delay_queue(channel, &self.recheck_queue(), RECHECK_ROUTING_KEY, None)
-            .await
-            .context("declaring the re-check queue")?;
+        self.declare_delay_queue(
+            channel,
+            &self.recheck_queue(),
+            RECHECK_ROUTING_KEY,
+            None,
+            DUE_ROUTING_KEY,
+        )
+        .await
+        .context("declaring the re-check queue")?;
+        self.declare_delay_queue(
+            channel,
+            &self.legacy_recheck_queue(),
+            LEGACY_RECHECK_ROUTING_KEY,
+            None,
+            DISPATCH_ROUTING_KEY,
+        )
+        .await
+        .context("declaring the former re-check queue")?;
         for delay in retry_delays {
             self.declare_delay_queue(
                 channel,
                 &self.retry_queue(*delay),
                 &Self::retry_routing_key(*delay),
                 Some(*delay),
+                DISPATCH_ROUTING_KEY,
             )
             .await
             .with_context(|| format!("declaring the retry queue for {delay:?}"))?;
@@ -193,13 +255,15 @@ impl Topology {
 
     /// A queue without consumers, bound to the retry exchange under
     /// `routing_key`: messages wait out their TTL (the queue's `ttl`, or their
-    /// own expiration), then dead-letter back to the dispatch exchange.
+    /// own expiration), then dead-letter to the dispatch exchange under
+    /// `then_key` (the dispatch queue, or the due queue).
     async fn declare_delay_queue(
         &self,
         channel: &Channel,
         name: &str,
         routing_key: &str,
         ttl: Option<Duration>,
+        then_key: &str,
     ) -> anyhow::Result<()> {
         let (_, queue_opts) = durable_options();
         let mut args = FieldTable::default();
@@ -213,10 +277,7 @@ impl Topology {
             "x-dead-letter-exchange".into(),
             string(&self.dispatch_exchange()),
         );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            string(DISPATCH_ROUTING_KEY),
-        );
+        args.insert("x-dead-letter-routing-key".into(), string(then_key));
         channel
             .queue_declare(name.into(), queue_opts, args)
             .await

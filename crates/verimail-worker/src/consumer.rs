@@ -85,9 +85,28 @@ async fn session(
         )
         .await
         .context("starting to consume")?;
+    // Re-checks whose wait is over (a lease's end) arrive on a consumer of
+    // their own, with a window of its own (the prefetch applies per consumer
+    // to consumers started after it), so a backlog in the dispatch queue and
+    // a full dispatch window do not hold them.
+    let due_prefetch = (settings.prefetch / 4).max(1);
+    channel
+        .basic_qos(due_prefetch, BasicQosOptions::default())
+        .await
+        .context("setting the due queue's prefetch")?;
+    let mut due = channel
+        .basic_consume(
+            topology.due_queue().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("starting to consume the due queue")?;
     tracing::info!(
         queue = topology.dispatch_queue(),
         prefetch = settings.prefetch,
+        due_prefetch,
         "worker consuming"
     );
 
@@ -109,7 +128,7 @@ async fn session(
                     tracing::error!(error = %error, "a message task panicked");
                 }
             }
-            delivery = consumer.next() => match delivery {
+            delivery = futures_util::future::select(consumer.next(), due.next()) => match delivery.factor_first().0 {
                 Some(Ok(delivery)) => {
                     acks.open(delivery.delivery_tag);
                     let processor = processor.clone();
@@ -126,10 +145,11 @@ async fn session(
 
     if result.is_ok() {
         // Stop new deliveries, then let the ones in hand finish.
-        let tag = consumer.tag();
-        let _ = channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await;
+        for tag in [consumer.tag(), due.tag()] {
+            let _ = channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await;
+        }
         let drained = tokio::time::timeout(settings.shutdown_grace, async {
             while in_flight.join_next().await.is_some() {}
         })
