@@ -736,18 +736,27 @@ async fn outage_then_kill() {
         .await;
 }
 
+/// One fault run at a time: each starts five processes and times them
+/// against bounds, so two at once on a small machine would measure each
+/// other. (The tests run on runtimes of their own; tokio's mutex works
+/// across them.)
+static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_workers_dispatches_are_mailed_in_time_after_an_smtp_outage() {
+    let _alone = ONE_RUN_AT_A_TIME.lock().await;
     outage_then_kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn promises_hold_under_kills_and_outages() {
+    let _alone = ONE_RUN_AT_A_TIME.lock().await;
     scenario(Outages::Proxied).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "restarts the shared RabbitMQ and Postgres: run by scripts/fault-restarts.sh"]
 async fn real_restarts() {
+    let _alone = ONE_RUN_AT_A_TIME.lock().await;
     scenario(Outages::Real).await;
 }
