@@ -14,7 +14,7 @@ use verimail_infra::store::dispatches::sweep::overdue;
 use verimail_intake::accounts::AccountKind;
 
 const OPEN: i64 = 20_000;
-const GRACE: Duration = Duration::from_secs(2);
+const GRACE: Duration = Duration::from_secs(30);
 
 /// Entries of the sweeper's index and heap tuples of `dispatches` read by
 /// index scans so far, as the shared statistics have them: the pool's one
@@ -71,7 +71,7 @@ async fn a_sweep_with_nothing_overdue_reads_no_open_row() {
                 $1, 'r' || g, 'r' || g || '@example.com', 'en-us', 60, 'queued',
                 '\\x00', $2, at, at, at + interval '60 minutes'
            FROM generate_series(1, $3::int8) g,
-                LATERAL (SELECT now() - interval '10 seconds'
+                LATERAL (SELECT now() - interval '40 seconds'
                                 - (g * interval '50 minutes') / $3 AS at) t",
     )
     .bind(p.id)
