@@ -28,4 +28,5 @@ mod openapi;
 mod pipeline;
 mod races;
 mod schema;
+mod sweep;
 mod worker_core;

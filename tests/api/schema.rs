@@ -23,8 +23,10 @@ fn names(set: &[DispatchStatus]) -> BTreeSet<String> {
 }
 
 /// The sweeper's index holds the open set as "still has a sealed code",
-/// keyed on the immutable id, so that no claim, renewal or retry changes an
-/// indexed column (they stay HOT; migrations/0010). The correspondence of
+/// keyed on `sweep_at`, a bound of `next_attempt_at` that claims, renewals
+/// and retries leave where it is (migrations/0010, 0012), so that they
+/// change no indexed value and stay HOT (`sweep.rs` checks the bound holds
+/// still under a retry). The correspondence of
 /// the two sets is checked on real rows by `assert_open_means_sealed` at the
 /// end of the pipeline, check and fault-injection tests.
 #[tokio::test]
@@ -37,7 +39,7 @@ async fn the_sweepers_index_is_keyed_on_nothing_a_claim_changes() {
     .await
     .expect("the partial index exists");
     assert!(
-        definition.ends_with("USING btree (id) WHERE (code_sealed IS NOT NULL)"),
+        definition.ends_with("USING btree (sweep_at) WHERE (code_sealed IS NOT NULL)"),
         "{definition}"
     );
     // Every column any index of `dispatches` uses, predicates included:
@@ -53,7 +55,10 @@ async fn the_sweepers_index_is_keyed_on_nothing_a_claim_changes() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(indexed, ["code_sealed", "created_at", "id", "recipient"]);
+    assert_eq!(
+        indexed,
+        ["code_sealed", "created_at", "id", "recipient", "sweep_at"]
+    );
     // Partitions leave room on each page for the updated versions.
     let fillfactors: Vec<Option<Vec<String>>> = sqlx::query_scalar(
         "SELECT c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

@@ -38,7 +38,7 @@ impl DispatchStatus {
     /// A worker may still act on these: exactly the dispatches that hold a
     /// sealed code (every move out of this set wipes it), which is what the
     /// sweeper's partial index `dispatches_unsent` selects
-    /// (migrations/0010; `tests/api/schema.rs` checks the correspondence).
+    /// (migrations/0010, 0012; `tests/api/schema.rs` checks the correspondence).
     pub const OPEN: [Self; 3] = [Self::Queued, Self::Sending, Self::Retrying];
 
     /// Waiting for a worker: claimable now, and voided by a newer code.

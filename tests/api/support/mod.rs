@@ -137,6 +137,18 @@ pub async fn assert_open_means_sealed(pool: &PgPool) {
         disagree.is_empty(),
         "open ⇔ sealed code broken (id, status, has code): {disagree:?}"
     );
+    // The sweeper finds a row only once its bound is overdue (migrations/0012).
+    let unbounded: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM dispatches
+          WHERE code_sealed IS NOT NULL AND (sweep_at IS NULL OR sweep_at > next_attempt_at)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        unbounded.is_empty(),
+        "open rows whose sweep_at is not at or before next_attempt_at: {unbounded:?}"
+    );
 }
 
 pub fn unique_prefix() -> String {
