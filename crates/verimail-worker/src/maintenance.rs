@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use verimail_infra::metrics as m;
-use verimail_infra::store::dispatches::partitions;
+use verimail_infra::store::dispatches::{self, partitions};
 
 /// Days of partitions kept ready after today's.
 pub const AHEAD_DAYS: i64 = 3;
@@ -27,7 +27,7 @@ pub const LEAST_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
 /// How far an id's time may be from the row's `created_at` (accept_dispatch
 /// refuses more); partitions are judged by id, so drops wait this much longer.
-const CLOCK_MARGIN_MS: i64 = 5 * 60 * 1000;
+const CLOCK_MARGIN_MS: i64 = dispatches::ID_CLOCK_MARGIN.as_millis() as i64;
 
 const DAY_MS: i64 = 86_400_000;
 

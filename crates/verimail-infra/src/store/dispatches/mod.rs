@@ -30,5 +30,8 @@ const BATCH_MAX: usize = 64;
 
 /// How far an id's time may be from Postgres' clock (`accept_dispatch`
 /// refuses ids further off): the margin every id bound of a recipient scan
-/// adds to its window, so pruning never drops a row the window holds.
-const ID_CLOCK_MARGIN_SECS: f64 = 300.0;
+/// adds to its window, so pruning never drops a row the window holds, and
+/// that maintenance adds before it drops a partition.
+pub const ID_CLOCK_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+
+const ID_CLOCK_MARGIN_SECS: f64 = ID_CLOCK_MARGIN.as_secs() as f64;
