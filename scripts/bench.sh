@@ -11,7 +11,24 @@
 #   then peak RSS of every process and the ratios.
 #
 # Usage: scripts/bench.sh [--smoke] [--perf] [--keep]
+#                        [--compare-stats | --compare-with BIN | --compare-dkim[=ed25519]
+#                         | --compare-tracing]
 #   --smoke (or BENCH_SMOKE=1)  every phase for a couple of seconds (CI)
+#   --compare-stats             the whole run twice, with ANALYZE after the
+#                               warm-ups and without (what a newborn daily
+#                               partition meets), then both side by side
+#   --compare-with BIN          the whole run twice: the verimail binary BIN
+#                               (e.g. built from an older commit) first, then
+#                               this checkout's, on the same harness, side by
+#                               side (BENCH_COMMIT names BIN in the table)
+#   --compare-dkim[=ed25519]    the whole run twice: unsigned mail first, then
+#                               every mail DKIM-signed (RSA-2048, or Ed25519)
+#                               with a key `verimail dkim keygen` makes for the
+#                               VERIMAIL_MAIL_FROM domain, side by side
+#   --compare-tracing           the whole run twice: no span export first, then
+#                               every intake and worker exporting its spans over
+#                               OTLP/HTTP to a receiver this script runs
+#                               (OTEL_EXPORTER_OTLP_ENDPOINT), side by side
 #   --perf  (or BENCH_PERF=1)   perf-record the intake in phase 2, a worker and
 #                               the whole machine in phase 4 (needs `perf`; the
 #                               release build's symbols and unwind tables are
@@ -20,7 +37,13 @@
 # Environment: BENCH_CONCURRENCY (64), BENCH_RATE (1000), BENCH_*_SECS,
 #   BENCH_AUTH (token|aksk), BENCH_RUST_LOG (info), BENCH_OUT (run directory),
 #   BENCH_ANALYZE=0 (skip the ANALYZE after the warm-ups),
-#   BENCH_COMMIT (what to call the code measured when $ROOT is no git checkout),
+#   BENCH_AUTO_EXPLAIN=MS (log to the server log the plan of every statement,
+#   also those inside functions, that runs longer than MS on the run's database),
+#   BENCH_COMMIT (what to call the code measured when $ROOT is no git checkout,
+#   or when BENCH_VERIMAIL is set),
+#   BENCH_VERIMAIL (a verimail binary to measure instead of this checkout's
+#   release build, e.g. one built from an older commit: a before/after on the
+#   same harness and schema; the bench's own tools still come from here),
 #   BENCH_PG_URL (postgres://postgres@127.0.0.1:5432), AMQP_URL,
 #   PGSSLMODE (disable: pgbench without TLS, as verimail connects).
 # Needs: cargo, psql, pgbench, and Postgres and RabbitMQ running locally.
@@ -31,8 +54,20 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SMOKE=${BENCH_SMOKE:-0}
 PERF=${BENCH_PERF:-0}
 KEEP=${BENCH_KEEP:-0}
+COMPARE=0
+COMPARE_WITH=""
+COMPARE_DKIM=""
+COMPARE_TRACING=""
+want_with=0
 for arg in "$@"; do
+  if [ "$want_with" = 1 ]; then COMPARE_WITH=$arg want_with=0; continue; fi
   case $arg in
+    --compare-stats) COMPARE=1 ;;
+    --compare-with) want_with=1 ;;
+    --compare-with=*) COMPARE_WITH=${arg#*=} ;;
+    --compare-dkim) COMPARE_DKIM=rsa ;;
+    --compare-dkim=ed25519) COMPARE_DKIM=ed25519 ;;
+    --compare-tracing) COMPARE_TRACING=1 ;;
     --smoke) SMOKE=1 ;;
     --perf) PERF=1 ;;
     --keep) KEEP=1 ;;
@@ -40,6 +75,7 @@ for arg in "$@"; do
     *) echo "bench.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
+[ "$want_with" = 0 ] || { echo "bench.sh: --compare-with needs a verimail binary" >&2; exit 2; }
 
 C=${BENCH_CONCURRENCY:-64}
 RATE=${BENCH_RATE:-1000}
@@ -62,6 +98,82 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${BENCH_OUT:-$TARGET_DIR/bench/$RUN}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+if [ "$COMPARE" = 1 ]; then
+  # Each run is a whole bench of its own (fresh databases and queues); the
+  # analysed one first, so the second finds the release build done.
+  pass=()
+  [ "$SMOKE" = 1 ] && pass+=(--smoke)
+  [ "$KEEP" = 1 ] && pass+=(--keep)
+  BENCH_ANALYZE=1 BENCH_OUT=$OUT/analysed "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+  BENCH_ANALYZE=0 BENCH_OUT=$OUT/no-stats "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+  "$TARGET_DIR/release/verimail-bench" compare --analysed "$OUT/analysed" --no-stats "$OUT/no-stats" |
+    tee "$OUT/compare.txt"
+  echo "run directory: $OUT" >&2
+  exit 0
+fi
+if [ -n "$COMPARE_WITH$COMPARE_DKIM$COMPARE_TRACING" ]; then
+  pass=()
+  [ "$SMOKE" = 1 ] && pass+=(--smoke)
+  [ "$KEEP" = 1 ] && pass+=(--keep)
+  if [ -n "$COMPARE_WITH" ]; then
+    [ -x "$COMPARE_WITH" ] || { echo "bench.sh: --compare-with $COMPARE_WITH: no executable" >&2; exit 2; }
+    base_label=${BENCH_COMMIT:-$(basename "$COMPARE_WITH")} other_label=this
+    BENCH_VERIMAIL=$(cd "$(dirname "$COMPARE_WITH")" && pwd)/$(basename "$COMPARE_WITH") \
+      BENCH_COMMIT=$base_label BENCH_OUT=$OUT/base "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+    env -u BENCH_COMMIT BENCH_OUT=$OUT/other "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+  elif [ -n "$COMPARE_TRACING" ]; then
+    base_label=no-export other_label=otlp-export
+    env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+      BENCH_OUT=$OUT/base "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+    # An OTLP/HTTP receiver that takes every export and counts it (what a
+    # collector costs is the collector's; this measures what verimail pays).
+    otlp_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    python3 - "$otlp_port" "$OUT/otlp-received.txt" <<'PY' &
+import http.server, sys, threading
+port, out = int(sys.argv[1]), sys.argv[2]
+seen = {"requests": 0, "bytes": 0}
+lock = threading.Lock()
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with lock:
+            seen["requests"] += 1
+            seen["bytes"] += len(body)
+            with open(out, "w") as f:
+                f.write("otlp exports received: %(requests)d requests, %(bytes)d bytes\n" % seen)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver).serve_forever()
+PY
+    otlp_pid=$!
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$otlp_port \
+      BENCH_OUT=$OUT/other "${BASH_SOURCE[0]}" "${pass[@]}" || { kill "$otlp_pid"; exit 1; }
+    kill "$otlp_pid" 2>/dev/null || true
+    cat "$OUT/otlp-received.txt" 2>/dev/null || echo "otlp exports received: none"
+  else
+    base_label=unsigned other_label="dkim-$COMPARE_DKIM"
+    env -u VERIMAIL_DKIM_KEYS BENCH_OUT=$OUT/base "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+    # The key for the sender's domain, made by the build the first run left.
+    keys=$OUT/dkim-keys
+    from=${VERIMAIL_MAIL_FROM:-verimail <no-reply@verimail.localhost>}
+    domain=${from##*@}
+    domain=${domain%%>*}
+    rm -rf "$keys"
+    keygen=(dkim keygen --domain "$domain")
+    [ "$COMPARE_DKIM" = ed25519 ] && keygen+=(--ed25519)
+    VERIMAIL_DKIM_KEYS=$keys "$TARGET_DIR/release/verimail" "${keygen[@]}" >"$OUT/dkim-record.json" ||
+      { echo "bench.sh: dkim keygen failed" >&2; exit 1; }
+    VERIMAIL_DKIM_KEYS=$keys BENCH_OUT=$OUT/other "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+  fi
+  "$TARGET_DIR/release/verimail-bench" compare --base "$OUT/base" --other "$OUT/other" \
+    --base-label "$base_label" --other-label "$other_label" | tee "$OUT/compare.txt"
+  echo "run directory: $OUT" >&2
+  exit 0
+fi
 # A fixed master secret (base64 of 32 bytes) shared by intake and workers.
 export VERIMAIL_SECRET=dmVyaW1haWwtYmVuY2gtZml4ZWQtc2VjcmV0LTMyYiE=
 # The intake-alone phases queue far more than the shedding bound.
@@ -76,6 +188,7 @@ SCRIPT_NAME=bench.sh
 need cargo "rustup"
 need psql "apt-get install postgresql-client"
 need pgbench "apt-get install postgresql-client (or postgresql-contrib)"
+need curl "apt-get install curl"
 if [ "$PERF" = 1 ]; then need perf "apt-get install linux-perf"; fi
 
 PIDS=()
@@ -174,7 +287,7 @@ cpu_snapshot() { # file
     awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8 + $9; print "@busy", busy, "@all", busy + $5 + $6}' /proc/stat
     # Processes come and go while this reads: a vanished one is skipped.
     cat /proc/[0-9]*/stat 2>/dev/null || true
-  } | awk -v map="$map" -v hz="$(getconf CLK_TCK)" '
+  } | awk -v map="$map" -v hz="$(getconf CLK_TCK)" -v postmaster="${POSTMASTER_PID:-0}" '
     BEGIN { n = split(map, parts, " "); for (i = 1; i <= n; i++) { split(parts[i], kv, "="); name[kv[1]] = kv[2] } }
     /^@busy/ { printf "@busy %.2f\n@all %.2f\n", $2 / hz, $4 / hz; next }
     {
@@ -186,6 +299,9 @@ cpu_snapshot() { # file
       # After ") ": state is field 3, so utime (14) .. cstime (17) are f[12] .. f[15].
       split(substr($0, close_ + 2), f, " ")
       key = (pid in name) ? name[pid] : comm
+      # Postgres counts only the measured cluster (its postmaster and its
+      # children): another cluster on the machine is other load.
+      if (comm == "postgres" && postmaster != 0 && pid != postmaster && f[2] != postmaster) key = "postgres-elsewhere"
       t[key] += (f[12] + f[13] + f[14] + f[15]) / hz
     }
     END { for (k in t) printf "%s %.2f\n", k, t[k] }' >"$1"
@@ -268,6 +384,8 @@ log "machine"
   ps -eo pcpu,pid,comm --sort=-pcpu | head -n 6
   if [ -n "${BENCH_COMMIT:-}" ]; then
     echo "commit: $BENCH_COMMIT"
+  elif [ -n "${BENCH_VERIMAIL:-}" ]; then
+    echo "commit: $BENCH_VERIMAIL (set BENCH_COMMIT to name it)"
   else
     echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
   fi
@@ -281,7 +399,8 @@ log "machine"
 log "release build"
 export CARGO_TARGET_DIR=$TARGET_DIR
 (cd "$ROOT" && cargo build --release -p verimail -p verimail-bench) || die "cargo build failed"
-VERIMAIL=$TARGET_DIR/release/verimail
+VERIMAIL=${BENCH_VERIMAIL:-$TARGET_DIR/release/verimail}
+[ -x "$VERIMAIL" ] || die "BENCH_VERIMAIL=$VERIMAIL is no executable"
 BENCH=$TARGET_DIR/release/verimail-bench
 
 log "databases $DB and $PGB_DB"
@@ -289,10 +408,21 @@ pg_isready -q -d "$PG_URL/postgres" || die "Postgres is not reachable at $PG_URL
 tcp_open 127.0.0.1 5672 || echo "warning: nothing listens on 127.0.0.1:5672 (AMQP_URL=$AMQP_URL)" >&2
 for db in "$DB" "$PGB_DB"; do
   psql -q -v ON_ERROR_STOP=1 "$PG_URL/postgres" -c "CREATE DATABASE $db" || die "creating $db"
+  if [ -n "${BENCH_AUTO_EXPLAIN:-}" ]; then
+    # Sessions opened from now on load auto_explain; only this run's databases.
+    psql -q -v ON_ERROR_STOP=1 "$PG_URL/postgres" \
+      -c "ALTER DATABASE $db SET session_preload_libraries = 'auto_explain'" \
+      -c "ALTER DATABASE $db SET auto_explain.log_min_duration = '${BENCH_AUTO_EXPLAIN}ms'" \
+      -c "ALTER DATABASE $db SET auto_explain.log_nested_statements = on" || die "auto_explain on $db"
+  fi
   DATABASE_URL=$PG_URL/$db "$VERIMAIL" migrate >/dev/null 2>"$OUT/migrate-$db.log" ||
     die "verimail migrate on $db (log: $OUT/migrate-$db.log)"
 done
 export DATABASE_URL=$PG_URL/$DB
+# The measured cluster's postmaster (the checkpointer's parent), so the CPU
+# accounting leaves out other clusters' processes.
+CHECKPOINTER=$(psql -qtAX "$PG_URL/postgres" -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'" 2>/dev/null || true)
+POSTMASTER_PID=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/${CHECKPOINTER:-0}/stat" 2>/dev/null || echo 0)
 
 log "pgbench: the rate-limit transaction as separate statements, c=$C, ${PG_SECS}s"
 PGB_PARTNER=$(psql -qtA -v ON_ERROR_STOP=1 "$PG_URL/$PGB_DB" -c \
@@ -395,9 +525,11 @@ alive intake
 
 log "2 workers draining the backlog the intake left"
 SINCE=$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)
+WORKER_METRICS=()
 for n in 1 2; do
-  # Distinct metrics ports in case the worker serves /metrics itself.
-  VERIMAIL_METRICS_LISTEN=127.0.0.1:$(free_port) start "worker-$n" "$VERIMAIL" worker
+  # Distinct metrics ports; read back at the end (which mails were signed).
+  WORKER_METRICS+=("$(free_port)")
+  VERIMAIL_METRICS_LISTEN=127.0.0.1:${WORKER_METRICS[-1]} start "worker-$n" "$VERIMAIL" worker
 done
 watch_rss worker-1
 watch_rss worker-2
@@ -428,6 +560,21 @@ record_rss e2e
 log "end to end, open loop: $RATE req/s offered for ${OPEN_SECS}s"
 measure e2e-open "$DATABASE_URL" load e2e e2e-open --rate "$RATE" -d "${OPEN_SECS}s"
 record_rss e2e-open
+
+# What the workers say of signing, so a signed run shows it signed: mails
+# without a DKIM signature (every mail when VERIMAIL_DKIM_KEYS is unset).
+unsigned=0
+for port in "${WORKER_METRICS[@]}"; do
+  if metrics=$(curl -fsS "http://127.0.0.1:$port/metrics"); then
+    n=$(awk '$1 ~ /^verimail_mails_unsigned_total/ {s += $2} END {printf "%d", s}' <<<"$metrics")
+    unsigned=$((unsigned + n))
+  else
+    unsigned="unknown (no /metrics on $port)"
+    break
+  fi
+done
+echo "dkim: VERIMAIL_DKIM_KEYS=${VERIMAIL_DKIM_KEYS:-unset}, mails sent unsigned by the workers: $unsigned" |
+  tee -a "$OUT/machine.txt" >&2
 
 # Stop the sink first so its own count is part of the summary.
 kill -TERM "$(pid_of sink)"

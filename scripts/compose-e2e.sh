@@ -2,12 +2,12 @@
 # The Docker Compose stack, end to end, as the README describes it:
 #
 #   1. builds the images: verimail from the project's Dockerfile, and (unless
-#      E2E_UPSTREAM=1) local stand-ins for postgres, rabbitmq and the MailDev
-#      mail catcher, from Debian's packages on a debootstrap base, for
-#      machines that can pull no image (.ci/compose/);
-#   2. `docker compose up` of docker-compose.yml (plus the CI override
-#      .ci/compose/docker-compose.ci.yml), waits until every container is
-#      healthy and prints the time from `up` to ready;
+#      E2E_UPSTREAM=1) local stand-ins for postgres, rabbitmq, the MailDev
+#      mail catcher and Prometheus, from Debian's packages on a debootstrap
+#      base, for machines that can pull no image (.ci/compose/);
+#   2. `docker compose --profile observability up` of docker-compose.yml
+#      (plus the CI override .ci/compose/docker-compose.ci.yml), waits until
+#      every container is healthy and prints the time from `up` to ready;
 #   3. creates a partner, a token and an access key with `docker compose
 #      exec`, and also uses the development bootstrap credentials the
 #      shipped stack's `migrate` makes (VERIMAIL_DEV_*);
@@ -15,11 +15,17 @@
 #      SDK (http://127.0.0.1:8080), reads each code from MailDev's REST API
 #      (GET http://127.0.0.1:1080/email?to.address=...), checks it at
 #      POST /v2/bases/verificationcode/check;
-#   5. scales to three workers, kills one (SIGKILL) while requests stream in,
+#   5. Prometheus (profile `observability`): every target (the intake, each
+#      worker replica) is up, the alert rules are loaded and none fires;
+#      then the workers are stopped (`docker compose stop worker`) while
+#      requests stream in, VerimailNoWorker must fire (the time it took is
+#      printed) and the backlog show in verimail_queue_depth; the workers
+#      are started again and every request answered 204 must end `sent`;
+#   6. scales to three workers, kills one (SIGKILL) while requests stream in,
 #      restarts the rabbitmq container while requests stream in, and checks
 #      that every request answered 204 ends `sent`
 #      (GET /v2/bases/verificationcode/dispatches/{id});
-#   6. tears the stack down with `down -v` and prints `N passed, M failed`.
+#   7. tears the stack down with `down -v` and prints `N passed, M failed`.
 #
 # Exits non-zero when a check failed or a container did not become healthy;
 # then it prints `docker compose ps` and every container's recent logs.
@@ -31,7 +37,7 @@
 # installs), curl, python3, and for the stand-ins debootstrap (root), npm and
 # the Rust toolchain; the Python SDK comes from VERIMAIL_SDK_PYTHON or
 # target/sdk-venv (made here when missing, as .ci/run does). Host ports
-# 127.0.0.1:8080 and 127.0.0.1:1080 must be free.
+# 127.0.0.1:8080, 127.0.0.1:1080 and 127.0.0.1:9099 (Prometheus) must be free.
 #
 # Environment: E2E_UPSTREAM=1 uses the upstream images docker-compose.yml
 # names (needs a registry) instead of the stand-ins; E2E_KEEP=1 leaves the
@@ -48,6 +54,7 @@ RUN_ID="$(date +%Y%m%d%H%M%S)-$$"
 PROJECT=verimail-e2e
 API=http://127.0.0.1:8080
 MAIL_API=http://127.0.0.1:1080
+PROM_API=http://127.0.0.1:9099
 LOAD=${E2E_LOAD:-60}
 # The shipped stack's development bootstrap (docker-compose.yml, `migrate`).
 DEV_TOKEN=vmt_dev_only_e2e_token_not_a_secret
@@ -65,6 +72,7 @@ export VERIMAIL_CI_BASE_IMAGE=$BASE_IMAGE
 export VERIMAIL_CI_POSTGRES_IMAGE=verimail-ci/postgres:15
 export VERIMAIL_CI_RABBITMQ_IMAGE=verimail-ci/rabbitmq:3-management
 export VERIMAIL_CI_MAILDEV_IMAGE=verimail-ci/maildev:2.2.1
+export VERIMAIL_CI_PROMETHEUS_IMAGE=verimail-ci/prometheus:2.42
 export VERIMAIL_CI_RUST_IMAGE="" # set by build_rust_builder
 
 PASSED=0
@@ -96,7 +104,17 @@ find_compose() {
     elif command -v docker-compose >/dev/null 2>&1 && docker-compose version 2>/dev/null | grep -q 'v2\.'; then
         COMPOSE=(docker-compose)
     elif [[ -x "$ROOT/target/compose-venv/bin/docker-compose" ]]; then
-        COMPOSE=("$ROOT/target/compose-venv/bin/docker-compose")
+        # The Go binary the PyPI package ships: its bin/docker-compose wrapper
+        # exits 0 whatever Compose returned, which would hide every failed
+        # `compose` command below.
+        local shipped
+        shipped=$(find "$ROOT/target/compose-venv/lib" -path '*/site-packages/compose/docker-compose' -type f 2>/dev/null | head -n 1)
+        if [[ -n "$shipped" && -x "$shipped" ]]; then
+            COMPOSE=("$shipped")
+        else
+            say "warning: using target/compose-venv/bin/docker-compose, whose exit status is always 0"
+            COMPOSE=("$ROOT/target/compose-venv/bin/docker-compose")
+        fi
     else
         echo "compose-e2e: Docker Compose v2 not found (docker compose, docker-compose, target/compose-venv)" >&2
         exit 1
@@ -110,10 +128,11 @@ find_compose() {
     say "using ${COMPOSE[*]} (Compose $version)"
 }
 
-# The stack in use: its project name and compose files (the README example
-# at the end brings up a second one).
+# The stack in use: its project name, compose files and profiles (the
+# README example at the end brings up a second one, without Prometheus).
 FILES=(-f "$ROOT/docker-compose.yml")
-compose() { "${COMPOSE[@]}" -p "$COMPOSE_PROJECT_NAME" "${FILES[@]}" "$@"; }
+PROFILES=(--profile observability)
+compose() { "${COMPOSE[@]}" -p "$COMPOSE_PROJECT_NAME" "${FILES[@]}" "${PROFILES[@]}" "$@"; }
 
 for tool in docker curl python3; do
     command -v "$tool" >/dev/null 2>&1 || {
@@ -238,6 +257,8 @@ build_standins() {
     fi
     docker_build "maildev stand-in" maildev --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         -t "$VERIMAIL_CI_MAILDEV_IMAGE" "$ctx"
+    docker_build "prometheus stand-in" prometheus --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        -t "$VERIMAIL_CI_PROMETHEUS_IMAGE" .ci/compose/prometheus
 }
 
 # The machine's own Rust toolchain and crates cache on the base image, for the
@@ -466,13 +487,72 @@ expect_all_sent() { # FILE LABEL SECONDS
     fi
 }
 
+# --- Prometheus (profile observability) ---------------------------------------------------
+
+prom_api() { # PATH [curl args...]: the JSON answer of Prometheus's HTTP API
+    local path=$1
+    shift
+    curl -fsS --max-time 5 -G "$PROM_API/api/v1/$path" "$@" 2>/dev/null
+}
+
+# One line per active target: "<job> <health> <instance> <last error>".
+prom_targets() {
+    prom_api targets | python3 -c 'import json, sys
+for t in json.load(sys.stdin)["data"]["activeTargets"]:
+    labels = t["labels"]
+    print(labels.get("job", "?"), t["health"], labels.get("instance", "?"), t.get("lastError") or "-")'
+}
+
+# The names of the alerts in state STATE (firing, pending), on one line;
+# fails when Prometheus does not answer.
+prom_alerts() { # STATE
+    prom_api alerts | python3 -c 'import json, sys
+names = {a["labels"]["alertname"] for a in json.load(sys.stdin)["data"]["alerts"] if a["state"] == sys.argv[1]}
+print(" ".join(sorted(names)))' "$1"
+}
+
+# Every target up: the intake, and each running worker container by its
+# address (what Compose's DNS answers for `worker`), nothing else. Waits up
+# to SECONDS.
+expect_targets_up() { # SECONDS LABEL
+    local deadline=$(($(date +%s) + $1)) label=$2 targets workers intake_up worker_up total id
+    while :; do
+        workers=""
+        for id in $(compose ps -q --status running worker); do
+            workers+="$(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id"):9091"$'\n'
+        done
+        workers=$(grep . <<<"$workers" | sort | paste -sd ' ' -)
+        targets=$(prom_targets 2>/dev/null) || targets=""
+        intake_up=$(awk '$1 == "verimail-intake" && $2 == "up" { print $3 }' <<<"$targets" | paste -sd ' ' -)
+        worker_up=$(awk '$1 == "verimail-worker" && $2 == "up" { print $3 }' <<<"$targets" | sort | paste -sd ' ' -)
+        total=$(grep -c . <<<"$targets" || true)
+        if [[ "$intake_up" == intake:9090 && -n "$workers" && "$worker_up" == "$workers" &&
+            "$total" == $((1 + $(wc -w <<<"$workers"))) ]]; then
+            pass "$label: all $total targets up (verimail-intake $intake_up; verimail-worker $worker_up: each running worker container)"
+            return 0
+        fi
+        if (($(date +%s) >= deadline)); then
+            fail "$label: not every target up within ${1}s (expected verimail-intake intake:9090 and verimail-worker ${workers:-(no worker running)}, all up); Prometheus has: $(paste -sd ';' - <<<"${targets:-no answer from $PROM_API/api/v1/targets}")"
+            return 1
+        fi
+        sleep 1
+    done
+}
+
 # --- the run ---------------------------------------------------------------------------
 
 say "docker compose config (the shipped file, then with the override)"
 "${COMPOSE[@]}" -f docker-compose.yml config -q && pass "docker compose config: docker-compose.yml is valid" ||
     fail "docker compose config rejects docker-compose.yml"
+# The default stack stays as it was: Prometheus only with its profile.
+default_services=$("${COMPOSE[@]}" -f docker-compose.yml config --services 2>/dev/null | sort | paste -sd ' ' -)
+observability_services=$("${COMPOSE[@]}" -f docker-compose.yml --profile observability config --services 2>/dev/null |
+    sort | paste -sd ' ' -)
+[[ " $default_services " != *" prometheus "* && " $observability_services " == *" prometheus "* ]] &&
+    pass "prometheus is in profile observability only (default: $default_services)" ||
+    fail "prometheus should start only with --profile observability; default: '$default_services', with the profile: '$observability_services'"
 
-for port in 8080 1080; do
+for port in 8080 1080 9099; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "something already listens on 127.0.0.1:$port; the stack publishes it"
     fi
@@ -517,8 +597,8 @@ compose up -d --wait --wait-timeout 240 >"$WORK/up.log" 2>&1 || {
 wait_healthy 60 2
 UP_TO_READY=$(since "$start")
 timing "docker compose up to ready (all healthy, /readyz 200)" "$UP_TO_READY"
-pass "stack healthy: postgres, rabbitmq, maildev, migrate (exit 0), intake, 2 workers"
-for svc in postgres rabbitmq maildev intake worker; do
+pass "stack healthy: postgres, rabbitmq, maildev, migrate (exit 0), intake, 2 workers, prometheus"
+for svc in postgres rabbitmq maildev intake worker prometheus; do
     uid=$(compose exec -T "$svc" id -u 2>/dev/null | tr -d '\r' | head -n1) || uid="?"
     [[ "$uid" =~ ^[0-9]+$ && "$uid" != 0 ]] && pass "$svc runs as uid $uid (non-root)" ||
         fail "$svc runs as uid '$uid'"
@@ -565,6 +645,73 @@ else
     fail "wrong-code case: the send or its mail failed"
 fi
 
+# --- Prometheus: targets, rules, and an alert when the workers stop -----------------------------
+# Before the worker kill below: that one must (and does) raise
+# VerimailClaimsTakenOver, which would spoil "nothing fires while all is well".
+say "Prometheus ($PROM_API): every target up, the rules loaded, nothing firing"
+prom_start=$(now)
+expect_targets_up 60 "Prometheus scrapes the stack" || true
+expected_rules=$(sed -n 's/^ *- alert: *//p' deploy/prometheus/verimail-rules.yml | sort | paste -sd ' ' -)
+loaded_rules=$(prom_api rules --data-urlencode type=alert | python3 -c 'import json, sys
+for g in json.load(sys.stdin)["data"]["groups"]:
+    for r in g["rules"]:
+        print(r["name"])' 2>/dev/null | sort | paste -sd ' ' -) || loaded_rules=""
+[[ -n "$expected_rules" && "$loaded_rules" == "$expected_rules" ]] &&
+    pass "Prometheus loaded the $(wc -w <<<"$expected_rules") alert rules of deploy/prometheus/verimail-rules.yml" ||
+    fail "Prometheus's alert rules differ from deploy/prometheus/verimail-rules.yml: loaded '${loaded_rules:-none}', expected '$expected_rules'"
+firing=$(prom_alerts firing 2>/dev/null) || firing="(no answer from $PROM_API/api/v1/alerts)"
+[[ -z "$firing" ]] && pass "Prometheus: no alert firing while all is well" ||
+    fail "Prometheus: alerts firing while all is well: $firing"
+
+say "stopping the workers (docker compose stop worker) while $LOAD requests stream in"
+stream_sends "$WORK/load-noworker.txt" noworker 1 &
+loader=$!
+sleep 2
+compose stop worker >"$WORK/stop-worker.log" 2>&1 && stopped=$(now) ||
+    fail "docker compose stop worker failed: $(tail -n 5 "$WORK/stop-worker.log")"
+running=$(compose ps -q --status running worker | wc -l)
+[[ "$running" == 0 ]] && pass "docker compose stop worker: no worker running" ||
+    fail "docker compose stop worker left $running workers running"
+# VerimailNoWorker has `for: 1m`; scrape and evaluation every 5 s. A backlog
+# alert would do too, though none can fire this soon (2 min and more).
+alert=""
+for _ in $(seq 1 150); do
+    alert=$(prom_alerts firing 2>/dev/null | tr ' ' '\n' |
+        grep -E '^(VerimailNoWorker|VerimailBacklog[A-Za-z]*|VerimailDispatchWaiting)$' | paste -sd ' ' -) || true
+    [[ -n "$alert" ]] && break
+    sleep 1
+done
+if [[ -n "$alert" ]]; then
+    to_firing=$(since "${stopped:-$prom_start}")
+    timing "workers stopped to $alert firing (for: 1m, 5 s scrape and evaluation)" "$to_firing"
+    pass "Prometheus: $alert firing ${to_firing}s after the workers stopped under load"
+else
+    fail "Prometheus: neither VerimailNoWorker nor a backlog alert fired within 150s of the workers stopping (pending: $(prom_alerts pending 2>/dev/null || echo '?'); firing: $(prom_alerts firing 2>/dev/null || echo '?'); targets: $(prom_targets 2>/dev/null | paste -sd ';' - || echo '?'))"
+fi
+# The intake keeps sampling the queue: the backlog is there to be seen.
+depth=$(prom_api query --data-urlencode 'query=max(verimail_queue_depth{queue=~".+\\.dispatch"})' |
+    python3 -c 'import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(r[0]["value"][1] if r else "")' 2>/dev/null) || depth=""
+[[ "$depth" =~ ^[0-9]+$ && "$depth" -gt 0 ]] &&
+    pass "Prometheus: the backlog shows, $depth messages wait in the dispatch queue (verimail_queue_depth)" ||
+    fail "Prometheus: verimail_queue_depth of the dispatch queue is '${depth}', expected the waiting sends"
+wait "$loader"
+compose start worker >"$WORK/start-worker.log" 2>&1 ||
+    fail "docker compose start worker failed: $(tail -n 5 "$WORK/start-worker.log")"
+wait_healthy 120 2
+expect_all_sent "$WORK/load-noworker.txt" "workers stopped under load, then started" 120
+expect_targets_up 30 "Prometheus after the workers started" || true
+for _ in $(seq 1 30); do
+    firing=$(prom_alerts firing 2>/dev/null) || firing="(no answer from $PROM_API/api/v1/alerts)"
+    [[ " $firing " == *" VerimailNoWorker "* || "$firing" == "(no answer"* ]] || break
+    sleep 1
+done
+[[ " $firing " != *" VerimailNoWorker "* && "$firing" != "(no answer"* ]] &&
+    pass "Prometheus: VerimailNoWorker resolved once the workers were back${firing:+ (still firing: $firing)}" ||
+    fail "Prometheus: VerimailNoWorker not resolved 30s after the workers started: firing $firing"
+timing "Prometheus checks (targets, rules, workers stopped to alert, back)" "$(since "$prom_start")"
+
 # --- start-to-ready of one image ------------------------------------------------------------
 say "restart intake: the image's start-to-ready time"
 start=$(now)
@@ -586,6 +733,8 @@ compose up -d --scale worker=3 --no-recreate >"$WORK/scale.log" 2>&1 || {
 wait_healthy 120 3
 n=$(compose ps -q worker | wc -l)
 [[ "$n" == 3 ]] && pass "scaled to 3 workers" || fail "expected 3 worker containers, found $n"
+# Compose's DNS answers `worker` with the new replica too (refreshed every 5 s).
+expect_targets_up 30 "Prometheus after scaling to 3 workers" || true
 
 say "killing a worker (SIGKILL) while $LOAD requests stream in"
 stream_sends "$WORK/load-kill.txt" kill 0.1 &
@@ -683,6 +832,7 @@ fi
 say "the README's compose e2e example (include + dev token + MailDev API + check)"
 export COMPOSE_PROJECT_NAME=verimail-e2e-readme
 FILES=(-f "$WORK/readme-example/compose.e2e.yml" "${FILES[@]:2}")
+PROFILES=()
 STACK_UP=1
 start=$(now)
 if readme_example && grep -q '^HTTP/1.1 204' "$WORK/readme-example.log"; then

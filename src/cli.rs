@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 use verimail_domain::secrets::{Keys, MasterSecret};
 use verimail_infra::db;
+use verimail_infra::store::partners;
 use verimail_intake::Application;
 use verimail_intake::accounts::{self, AccountKind, AccountStatus};
 use verimail_worker::{Worker, WorkerSettings, maintenance};
@@ -59,6 +60,48 @@ enum Command {
     /// Manage AK/SK pairs for SDK-signed requests.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// DKIM signing keys (in VERIMAIL_DKIM_KEYS).
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+    /// Each partner's webhook endpoint (delivery outcomes, signed).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Set a partner's endpoint with a new signing secret; prints
+    /// partner_id, url and the secret (shown once). Setting it again
+    /// rotates the secret: the previous one keeps signing for 24 h.
+    Set {
+        #[arg(long)]
+        partner: Uuid,
+        /// An https URL whose host is not in this side's own network.
+        #[arg(long)]
+        url: String,
+    },
+    /// Remove a partner's endpoint: no more deliveries to it.
+    Remove {
+        #[arg(long)]
+        partner: Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Make a signing key for a sending domain, write it to
+    /// $VERIMAIL_DKIM_KEYS/<domain>.pem (0600), and print the DNS TXT
+    /// record to publish as JSON {name, value}.
+    Keygen {
+        #[arg(long)]
+        domain: String,
+        /// Ed25519-SHA256 (RFC 8463) instead of RSA-SHA256 (2048 bits).
+        #[arg(long)]
+        ed25519: bool,
+        /// Replace an existing key (its published record stops verifying).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +127,26 @@ enum PartnerCommand {
         #[arg(long)]
         suspended: bool,
     },
+    /// Set a partner's own sender and brand for its mails; prints the
+    /// settings as they now are (null: the default). An option given as ""
+    /// gives that setting back to the default; options not given stay.
+    Set {
+        #[arg(long)]
+        partner: Uuid,
+        /// Shown in the subject and the body (default: VERIMAIL_BRAND).
+        #[arg(long)]
+        brand: Option<String>,
+        /// "Name <addr@domain>", at a domain the operator allows:
+        /// VERIMAIL_MAIL_FROM's or one of VERIMAIL_ALLOWED_SENDER_DOMAINS.
+        #[arg(long)]
+        from: Option<String>,
+        /// Where replies go (default: no Reply-To).
+        #[arg(long)]
+        reply_to: Option<String>,
+        /// An http(s) URL shown in the mail (default: none).
+        #[arg(long)]
+        support_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,12 +171,44 @@ pub async fn main() -> ExitCode {
     let json_logs = env
         .get("VERIMAIL_LOG_FORMAT")
         .is_some_and(|f| f.eq_ignore_ascii_case("json"));
-    verimail_infra::telemetry::init(json_logs);
+    // Only the processes that serve export spans; a CLI command's would be
+    // a trace of one.
+    let role = match cli.command {
+        Command::Intake => Some("verimail-intake"),
+        Command::Worker => Some("verimail-worker"),
+        Command::All => Some("verimail"),
+        _ => None,
+    };
+    let export = match role
+        .map(|role| config::trace_export(&env, role))
+        .transpose()
+    {
+        Ok(export) => export.flatten(),
+        Err(config) => {
+            eprintln!("verimail: {config}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = match verimail_infra::telemetry::init(json_logs, export) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("verimail: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli.command, &env).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if let Some(config) = error.downcast_ref::<ConfigError>() {
                 eprintln!("verimail: {config}");
+                return ExitCode::from(2);
+            }
+            if let Some(refused) = error.downcast_ref::<Refused>() {
+                eprintln!("verimail: {refused}");
+                return ExitCode::from(2);
+            }
+            if let Some(refused) = error.downcast_ref::<RefusedEndpoint>() {
+                eprintln!("verimail: {refused}");
                 return ExitCode::from(2);
             }
             eprintln!("verimail: {error:#}");
@@ -137,9 +232,11 @@ async fn run(command: Command, env: &dyn Source) -> anyhow::Result<()> {
         Command::All => all(env, &common).await?,
         Command::Maintain => maintain(env, &common).await?,
         Command::Forget { email } => forget(env, &common, &email).await?,
-        Command::Partner(command) => partner(&common, command).await?,
+        Command::Partner(command) => partner(env, &common, command).await?,
         Command::Token(command) => token(&common, command).await?,
         Command::Key(command) => key(env, &common, command).await?,
+        Command::Dkim(command) => dkim(env, command)?,
+        Command::Webhook(command) => webhook(env, &common, command).await?,
     }
     if let Some(bootstrap) = dev_bootstrap {
         bootstrap.run(env, &common).await?;
@@ -241,12 +338,34 @@ async fn forget(env: &dyn Source, common: &config::Common, email: &str) -> anyho
     Ok(())
 }
 
-async fn partner(common: &config::Common, command: PartnerCommand) -> anyhow::Result<()> {
-    let PartnerCommand::Create {
-        name,
-        customer,
-        suspended,
-    } = command;
+async fn partner(
+    env: &dyn Source,
+    common: &config::Common,
+    command: PartnerCommand,
+) -> anyhow::Result<()> {
+    let (name, customer, suspended) = match command {
+        PartnerCommand::Create {
+            name,
+            customer,
+            suspended,
+        } => (name, customer, suspended),
+        PartnerCommand::Set {
+            partner,
+            brand,
+            from,
+            reply_to,
+            support_url,
+        } => {
+            let changes = SenderOptions {
+                brand,
+                from,
+                reply_to,
+                support_url,
+            }
+            .checked(&config::sender_domains(env)?)?;
+            return partner_set(common, partner, &changes).await;
+        }
+    };
     let pool = db::pool(&common.db())?;
     let kind = if customer {
         AccountKind::Customer
@@ -302,6 +421,147 @@ async fn key(env: &dyn Source, common: &config::Common, command: KeyCommand) -> 
             print(json!({"revoked": true}));
         }
     }
+    Ok(())
+}
+
+// --- per-partner sender and brand (issue 25) ---
+
+/// An option's value that breaks its rule: one line, exit code 2, nothing
+/// written.
+#[derive(Debug, thiserror::Error)]
+#[error("{option}: {problem}")]
+struct Refused {
+    option: &'static str,
+    problem: verimail_worker::mail::sender::SenderError,
+}
+
+/// `partner set`'s options as given.
+struct SenderOptions {
+    brand: Option<String>,
+    from: Option<String>,
+    reply_to: Option<String>,
+    support_url: Option<String>,
+}
+
+impl SenderOptions {
+    /// Each given value checked and normalised (`""`: back to the default),
+    /// before anything connects to Postgres.
+    fn checked(
+        self,
+        domains: &verimail_worker::mail::SenderDomains,
+    ) -> Result<partners::SenderChanges, Refused> {
+        use verimail_worker::mail::sender;
+        fn change<T: ToString>(
+            option: &'static str,
+            given: Option<String>,
+            parse: impl Fn(&str) -> Result<T, sender::SenderError>,
+        ) -> Result<Option<Option<String>>, Refused> {
+            let Some(given) = given else { return Ok(None) };
+            if given.trim().is_empty() {
+                return Ok(Some(None));
+            }
+            let value = parse(&given).map_err(|problem| Refused { option, problem })?;
+            Ok(Some(Some(value.to_string())))
+        }
+        Ok(partners::SenderChanges {
+            brand: change("--brand", self.brand, sender::parse_brand)?,
+            mail_from: change("--from", self.from, |raw| sender::parse_from(raw, domains))?,
+            reply_to: change("--reply-to", self.reply_to, sender::parse_reply_to)?,
+            support_url: change("--support-url", self.support_url, sender::parse_support_url)?,
+        })
+    }
+}
+
+async fn partner_set(
+    common: &config::Common,
+    partner: Uuid,
+    changes: &partners::SenderChanges,
+) -> anyhow::Result<()> {
+    let pool = db::pool(&common.db())?;
+    let Some(now) = partners::set_sender(&pool, partner, changes).await? else {
+        anyhow::bail!("no partner with id {partner}");
+    };
+    print(
+        json!({"partner_id": partner, "brand": now.brand, "from": now.mail_from,
+                 "reply_to": now.reply_to, "support_url": now.support_url}),
+    );
+    Ok(())
+}
+
+// --- webhooks (issue 24) ---
+
+/// A webhook URL `webhook set` refuses: one line, exit code 2, nothing
+/// written.
+#[derive(Debug, thiserror::Error)]
+#[error("--url: {0}")]
+struct RefusedEndpoint(verimail_domain::webhook::EndpointRefusal);
+
+async fn webhook(
+    env: &dyn Source,
+    common: &config::Common,
+    command: WebhookCommand,
+) -> anyhow::Result<()> {
+    use verimail_domain::webhook::{WebhookSecret, parse_endpoint};
+    use verimail_infra::store::webhooks;
+    match command {
+        WebhookCommand::Set { partner, url } => {
+            let allow_insecure = config::webhook_allow_insecure(env)?;
+            // Checked before anything connects to Postgres.
+            let url = parse_endpoint(&url, allow_insecure).map_err(RefusedEndpoint)?;
+            verimail_infra::webhook_endpoint::resolve_allowed(&url, allow_insecure)
+                .await
+                .map_err(RefusedEndpoint)?;
+            let keys = Keys::derive(&config::require_secret(env)?);
+            let secret = WebhookSecret::generate();
+            let pool = db::pool(&common.db())?;
+            let sealed = keys.seal_webhook_secret(partner, &secret);
+            let Some(endpoint) = webhooks::set(&pool, partner, url.as_str(), &sealed).await? else {
+                anyhow::bail!("no partner with id {partner}");
+            };
+            let previous_until = endpoint
+                .previous_until
+                .map(|until| until.format(&Rfc3339))
+                .transpose()?;
+            print(
+                json!({"partner_id": partner, "url": endpoint.url, "secret": secret.expose(),
+                         "previous_secret_signs_until": previous_until}),
+            );
+        }
+        WebhookCommand::Remove { partner } => {
+            let pool = db::pool(&common.db())?;
+            if !webhooks::remove(&pool, partner).await? {
+                anyhow::bail!("partner {partner} has no webhook endpoint");
+            }
+            print(json!({"partner_id": partner, "removed": true}));
+        }
+    }
+    Ok(())
+}
+
+// --- DKIM (issue 25) ---
+
+fn dkim(env: &dyn Source, command: DkimCommand) -> anyhow::Result<()> {
+    use verimail_worker::mail::dkim::{self, KeyKind};
+    let DkimCommand::Keygen {
+        domain,
+        ed25519,
+        force,
+    } = command;
+    let dir = config::dkim_dir(env).ok_or(ConfigError {
+        var: "VERIMAIL_DKIM_KEYS",
+        problem: "required by `dkim keygen`: the directory the key is written to".into(),
+    })?;
+    let selector = config::dkim_selector(env)?;
+    // Key files are named by the spelling From domains are compared in.
+    let domain = verimail_worker::mail::sender::domain_name(&domain)
+        .ok_or_else(|| anyhow::anyhow!("--domain: not a domain name like mail.example.com"))?;
+    let kind = if ed25519 {
+        KeyKind::Ed25519
+    } else {
+        KeyKind::Rsa
+    };
+    let record = dkim::keygen(&dir, &domain, &selector, kind, force)?;
+    print(json!({"name": record.name, "value": record.value}));
     Ok(())
 }
 

@@ -3,12 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
 use verimail_domain::code::Code;
 use verimail_domain::secrets::{MasterSecret, SecretUrl};
 use verimail_intake::RateLimit;
+use verimail_worker::mail::SenderDomains;
+use verimail_worker::mail::dkim::DkimKeys;
 
 /// Every variable the binary reads: name, default, meaning. The README table
 /// and `.env.example` are checked against this list by a test.
@@ -16,12 +19,12 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "DATABASE_URL",
         "postgres://localhost/verimail",
-        "Postgres connection URL",
+        "Postgres connection URL; several hosts as postgres://user@h1:5432,h2:5432/db?target_session_attrs=read-write",
     ),
     (
         "AMQP_URL",
         "amqp://guest:guest@127.0.0.1:5672/%2f",
-        "RabbitMQ connection URL",
+        "RabbitMQ connection URL, or a comma-separated list of the URLs of one cluster's nodes (tried in a shuffled order)",
     ),
     (
         "VERIMAIL_AMQP_PREFIX",
@@ -97,7 +100,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "SMTP_URL",
         "",
-        "smtp://host:port, smtps://user:pass@host, smtp://host?tls=required; unset writes .eml files",
+        "smtp://host:port, smtps://user:pass@host, smtp://host?tls=required, or several separated by commas (relays tried in order); unset writes .eml files",
     ),
     (
         "VERIMAIL_OUTBOX",
@@ -115,6 +118,23 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "sender mailbox",
     ),
     ("VERIMAIL_BRAND", "verimail", "brand name shown in the mail"),
+    // --- per-partner sender and brand (issue 25) ---
+    (
+        "VERIMAIL_ALLOWED_SENDER_DOMAINS",
+        "",
+        "domains, separated by commas, a partner's own From may be at (`verimail partner set --from`); VERIMAIL_MAIL_FROM's domain is always allowed",
+    ),
+    // --- DKIM (issue 25) ---
+    (
+        "VERIMAIL_DKIM_KEYS",
+        "",
+        "directory of DKIM private keys, one <domain>.pem per sending domain (verimail dkim keygen writes them); a mail whose From domain has none goes out unsigned; unset: no signing",
+    ),
+    (
+        "VERIMAIL_DKIM_SELECTOR",
+        "verimail",
+        "DKIM selector: the keys are published at <selector>._domainkey.<domain>",
+    ),
     (
         "VERIMAIL_PREFETCH",
         "64",
@@ -140,6 +160,12 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "VERIMAIL_SMTP_TIMEOUT",
         "10s",
         "connect and per-command SMTP timeout",
+    ),
+    // --- several relays (issue 25) ---
+    (
+        "VERIMAIL_SMTP_COOLDOWN",
+        "30s",
+        "how long a relay of SMTP_URL that failed several sends in a row is skipped before one send probes it again",
     ),
     (
         "VERIMAIL_METRICS_LISTEN",
@@ -173,6 +199,38 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("RUST_LOG", "info", "log filter"),
     ("VERIMAIL_LOG_FORMAT", "text", "text or json"),
+    (
+        "VERIMAIL_WEBHOOK_ALLOW_INSECURE",
+        "false",
+        "true lets `webhook set` take http:// URLs and hosts in this side's own network (loopback, private, link-local, metadata): for tests and compose only",
+    ),
+    // Tracing (OpenTelemetry's own variable names; the exporter also reads
+    // OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT and their _TRACES_ forms).
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "OTLP/HTTP collector base URL (http://host:4318): spans of intake and worker are exported there; unset: no spans are exported",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "",
+        "full OTLP/HTTP URL for spans (http://host:4318/v1/traces), instead of OTEL_EXPORTER_OTLP_ENDPOINT",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "http/protobuf",
+        "OTLP protocol; only http/protobuf is built in",
+    ),
+    (
+        "OTEL_SERVICE_NAME",
+        "",
+        "service.name of exported spans; unset: verimail-intake, verimail-worker or verimail (all)",
+    ),
+    (
+        "OTEL_SDK_DISABLED",
+        "false",
+        "true: export no spans even with an endpoint set",
+    ),
     // DEVELOPMENT ONLY (src/dev_bootstrap.rs): applied by `migrate`.
     (
         "VERIMAIL_DEV_BOOTSTRAP",
@@ -286,16 +344,16 @@ pub struct Common {
 impl Common {
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
-            database_url: read(src, "DATABASE_URL", |s| Ok(SecretUrl::new(s)))?,
+            database_url: read(src, "DATABASE_URL", |s| {
+                verimail_infra::db::Targets::parse(s)?;
+                Ok(SecretUrl::new(s))
+            })?,
             db_pool_size: read(src, "VERIMAIL_DB_POOL_SIZE", number(1, 1000))?,
             db_acquire_timeout: read(src, "VERIMAIL_DB_ACQUIRE_TIMEOUT", duration)?,
             db_statement_timeout: read(src, "VERIMAIL_DB_STATEMENT_TIMEOUT", duration)?,
             amqp_url: read(src, "AMQP_URL", |s| {
-                if s.starts_with("amqp://") || s.starts_with("amqps://") {
-                    Ok(SecretUrl::new(s))
-                } else {
-                    Err("expected an amqp:// or amqps:// URL".into())
-                }
+                verimail_infra::amqp::node_urls(s)?;
+                Ok(SecretUrl::new(s))
             })?,
             amqp_prefix: read(src, "VERIMAIL_AMQP_PREFIX", |s| {
                 if s.chars()
@@ -446,11 +504,16 @@ pub struct Worker {
     pub outbox_retention: Duration,
     pub mail_from: Mailbox,
     pub brand: String,
+    /// Beside `mail_from`'s, the domains a partner's From may be at.
+    pub allowed_sender_domains: Vec<String>,
+    /// Loaded (and checked) at start: a bad key file stops the process.
+    pub dkim: Arc<DkimKeys>,
     pub prefetch: u16,
     pub max_attempts: u32,
     pub lease: Duration,
     pub smtp_connections: usize,
     pub smtp_timeout: Duration,
+    pub smtp_cooldown: Duration,
     pub metrics_listen: SocketAddr,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
@@ -469,16 +532,16 @@ impl Worker {
             smtp_url: src.get("SMTP_URL").map(SecretUrl::new),
             outbox: read(src, "VERIMAIL_OUTBOX", |s| Ok(PathBuf::from(s)))?,
             outbox_retention: read(src, "VERIMAIL_OUTBOX_RETENTION", duration)?,
-            mail_from: read(src, "VERIMAIL_MAIL_FROM", |s| {
-                s.parse::<Mailbox>()
-                    .map_err(|e| format!("not a mailbox: {e}"))
-            })?,
+            mail_from: mail_from(src)?,
             brand: read(src, "VERIMAIL_BRAND", text)?,
+            allowed_sender_domains: allowed_sender_domains(src)?,
+            dkim: Arc::new(dkim_keys(src)?),
             prefetch: read(src, "VERIMAIL_PREFETCH", number(1, 10_000))?,
             max_attempts: read(src, "VERIMAIL_MAX_ATTEMPTS", number(1, 100))?,
             lease: read(src, "VERIMAIL_LEASE", duration)?,
             smtp_connections: read(src, "VERIMAIL_SMTP_CONNECTIONS", number(1, 1000))?,
             smtp_timeout: read(src, "VERIMAIL_SMTP_TIMEOUT", duration)?,
+            smtp_cooldown: read(src, "VERIMAIL_SMTP_COOLDOWN", duration)?,
             metrics_listen: read(src, "VERIMAIL_METRICS_LISTEN", |s| {
                 s.parse()
                     .map_err(|_| "expected HOST:PORT, like 127.0.0.1:9091".into())
@@ -510,6 +573,63 @@ impl Worker {
     }
 }
 
+// --- per-partner sender and brand (issue 25) ---
+
+fn mail_from(src: &dyn Source) -> Result<Mailbox, ConfigError> {
+    read(src, "VERIMAIL_MAIL_FROM", |s| {
+        s.parse::<Mailbox>()
+            .map_err(|e| format!("not a mailbox: {e}"))
+    })
+}
+
+fn allowed_sender_domains(src: &dyn Source) -> Result<Vec<String>, ConfigError> {
+    read(
+        src,
+        "VERIMAIL_ALLOWED_SENDER_DOMAINS",
+        SenderDomains::parse_list,
+    )
+}
+
+/// The domains `verimail partner set --from` accepts: VERIMAIL_MAIL_FROM's
+/// and VERIMAIL_ALLOWED_SENDER_DOMAINS.
+pub fn sender_domains(src: &dyn Source) -> Result<SenderDomains, ConfigError> {
+    Ok(SenderDomains::new(
+        &mail_from(src)?,
+        allowed_sender_domains(src)?,
+    ))
+}
+
+// --- DKIM (issue 25) ---
+
+/// VERIMAIL_DKIM_SELECTOR: a DNS name below `_domainkey` (RFC 6376 §3.1).
+pub fn dkim_selector(src: &dyn Source) -> Result<String, ConfigError> {
+    read(src, "VERIMAIL_DKIM_SELECTOR", |s| {
+        if s.split('.').all(verimail_worker::mail::sender::dns_label) {
+            Ok(s.to_ascii_lowercase())
+        } else {
+            Err("expected DNS labels (letters, digits, hyphens), like verimail or mail2025".into())
+        }
+    })
+}
+
+/// VERIMAIL_DKIM_KEYS as a directory, if set.
+pub fn dkim_dir(src: &dyn Source) -> Option<PathBuf> {
+    src.get("VERIMAIL_DKIM_KEYS").map(PathBuf::from)
+}
+
+/// Every key in VERIMAIL_DKIM_KEYS, read and checked now; a file that is not
+/// a usable key is a configuration error naming the file (exit code 2).
+fn dkim_keys(src: &dyn Source) -> Result<DkimKeys, ConfigError> {
+    let selector = dkim_selector(src)?;
+    let Some(dir) = dkim_dir(src) else {
+        return Ok(DkimKeys::none());
+    };
+    DkimKeys::load(&dir, &selector).map_err(|e| ConfigError {
+        var: "VERIMAIL_DKIM_KEYS",
+        problem: e.to_string(),
+    })
+}
+
 impl Worker {
     pub fn settings(&self, common: &Common) -> verimail_worker::WorkerSettings {
         verimail_worker::WorkerSettings {
@@ -525,12 +645,15 @@ impl Worker {
             mail: verimail_worker::mail::MailSettings::new(
                 self.mail_from.clone(),
                 self.brand.clone(),
-            ),
+            )
+            .with_sender_domains(self.allowed_sender_domains.clone())
+            .with_dkim(self.dkim.clone()),
             smtp_url: self.smtp_url.clone(),
             outbox: self.outbox.clone(),
             outbox_retention: self.outbox_retention,
             smtp_connections: self.smtp_connections,
             smtp_timeout: self.smtp_timeout,
+            smtp_cooldown: self.smtp_cooldown,
             shutdown_grace: common.shutdown_grace,
             sweep_interval: self.sweep_interval,
             sweep_grace: self.sweep_grace,
@@ -538,6 +661,67 @@ impl Worker {
             maintenance_interval: self.maintenance_interval,
             metrics_listen: Some(self.metrics_listen),
         }
+    }
+}
+
+/// Whether and as what the spans of a long-running process (`role`) are
+/// exported: only with an OTLP endpoint set, over plain HTTP with protobuf
+/// (TLS and gRPC would each add a stack to every build; a collector agent
+/// beside the process takes plain HTTP and forwards however it must).
+pub fn trace_export(
+    src: &dyn Source,
+    role: &str,
+) -> Result<Option<verimail_infra::telemetry::TraceExport>, ConfigError> {
+    let disabled = read(src, "OTEL_SDK_DISABLED", flag)?;
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|var| src.get(var).map(|value| (var, value)));
+    let Some((var, endpoint)) = endpoint.filter(|_| !disabled) else {
+        return Ok(None);
+    };
+    if !endpoint.trim().starts_with("http://") {
+        return Err(ConfigError {
+            var,
+            problem: "expected an http:// URL of an OTLP/HTTP receiver (https is not built in: \
+                      send to a collector agent over plain HTTP)"
+                .into(),
+        });
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(protocol) = src.get(var)
+            && protocol.trim() != "http/protobuf"
+        {
+            return Err(ConfigError {
+                var,
+                problem: format!("{protocol:?} is not built in; only http/protobuf is"),
+            });
+        }
+    }
+    let service_name = src
+        .get("OTEL_SERVICE_NAME")
+        .map_or_else(|| role.to_owned(), |name| name.trim().to_owned());
+    Ok(Some(verimail_infra::telemetry::TraceExport {
+        service_name,
+    }))
+}
+
+/// Whether webhook endpoints may be plain http or inside this side's own
+/// network (`VERIMAIL_WEBHOOK_ALLOW_INSECURE`).
+pub fn webhook_allow_insecure(src: &dyn Source) -> Result<bool, ConfigError> {
+    read(src, "VERIMAIL_WEBHOOK_ALLOW_INSECURE", flag)
+}
+
+fn flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 
@@ -576,6 +760,19 @@ mod tests {
     }
 
     #[test]
+    fn cluster_lists_are_accepted() {
+        let common = Common::load(&env(&[
+            (
+                "DATABASE_URL",
+                "postgres://u@h1:5432,h2:5432/db?target_session_attrs=read-write",
+            ),
+            ("AMQP_URL", "amqp://g:g@a:5672/%2f,amqp://g:g@b:5672/%2f"),
+        ]))
+        .expect("lists load");
+        assert!(common.amqp_url.expose().contains(','));
+    }
+
+    #[test]
     fn a_bad_value_names_its_variable_in_one_line() {
         let cases = [
             ("VERIMAIL_RATE_LIMIT", "lots"),
@@ -598,6 +795,29 @@ mod tests {
         );
         let error = Common::load(&env(&[("AMQP_URL", "http://x")])).expect_err("bad url");
         assert_eq!(error.var, "AMQP_URL");
+        let error = Common::load(&env(&[("AMQP_URL", "amqp://a:5672,http://b")]))
+            .expect_err("a bad node in the list");
+        assert_eq!(error.var, "AMQP_URL");
+        let error = Common::load(&env(&[(
+            "DATABASE_URL",
+            "postgres://u:pw@h1,h2/db?target_session_attrs=standby",
+        )]))
+        .expect_err("a session attribute verimail cannot work with");
+        let line = error.to_string();
+        assert!(
+            line.starts_with("invalid DATABASE_URL: ") && !line.contains("pw"),
+            "{line}"
+        );
+        let error = Common::load(&env(&[("DATABASE_URL", "postgres://h1:5432,,h2/db")]))
+            .expect_err("an empty host");
+        assert_eq!(error.var, "DATABASE_URL");
+        let error = Worker::load(&env(&[(
+            "VERIMAIL_ALLOWED_SENDER_DOMAINS",
+            "mail.acme.example, not a domain",
+        )]))
+        .expect_err("a list with something that is not a domain");
+        assert_eq!(error.var, "VERIMAIL_ALLOWED_SENDER_DOMAINS");
+        assert!(error.to_string().contains("\"not a domain\""), "{error}");
         let error = Worker::load(&env(&[("VERIMAIL_PREFETCH", "0")])).expect_err("zero prefetch");
         assert_eq!(error.var, "VERIMAIL_PREFETCH");
         let short = env(&[("VERIMAIL_LEASE", "12s"), ("VERIMAIL_SMTP_TIMEOUT", "10s")]);
@@ -614,5 +834,55 @@ mod tests {
                 .var,
             "VERIMAIL_SECRET"
         );
+    }
+
+    #[test]
+    fn spans_are_exported_only_to_a_plain_http_otlp_receiver() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let export = |pairs: &[(&str, &str)]| trace_export(&env(pairs), "verimail-worker");
+        assert!(export(&[]).unwrap().is_none(), "no endpoint, no export");
+        let on = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap();
+        assert_eq!(on.unwrap().service_name, "verimail-worker");
+        let named = export(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces",
+            ),
+            ("OTEL_SERVICE_NAME", "mail-eu"),
+        ])
+        .unwrap();
+        assert_eq!(named.unwrap().service_name, "mail-eu");
+        let off = export(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]);
+        assert!(off.unwrap().is_none());
+        for (pairs, var) in [
+            (
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")][..],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ][..],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                    ("OTEL_SDK_DISABLED", "yes"),
+                ][..],
+                "OTEL_SDK_DISABLED",
+            ),
+        ] {
+            assert_eq!(export(pairs).unwrap_err().var, var);
+        }
     }
 }

@@ -10,6 +10,11 @@
 //! docker-compose.yml, README.md and scripts/compose-e2e.sh (the test CI
 //! runs), so that the README's compose e2e example is what CI exercises.
 //!
+//! And Prometheus (profile `observability`): only in its profile, reading
+//! deploy/prometheus/, whose scrape targets are the ports the intake and the
+//! workers really serve metrics on, published where the README and the e2e
+//! look for it.
+//!
 //! Needs no Docker: the compose file is read as YAML, the subcommands are
 //! checked by running the freshly built binary with `--help`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -720,4 +725,212 @@ fn mail_catcher_api_is_where_the_readme_and_the_test_read_it() {
         problems.push("scripts/compose-e2e.sh does not read mail at http://127.0.0.1:1080".into());
     }
     assert_no_problems("mail catcher", &problems);
+}
+
+// --- Prometheus (profile `observability`) -----------------------------------
+
+/// The container port of `port` in `service`'s `expose:` list.
+fn exposes(service: &Value, port: u16) -> bool {
+    words(service.get("expose"))
+        .iter()
+        .any(|p| p.split('/').next() == Some(&port.to_string()))
+}
+
+/// The port a verimail role serves `/metrics` on (its env, else the default).
+fn metrics_port(service: &Service, var: &str) -> Option<u16> {
+    let value = service
+        .env
+        .get(var)
+        .cloned()
+        .unwrap_or_else(|| verimail::config::default_of(var).to_owned());
+    value.parse::<SocketAddr>().ok().map(|a| a.port())
+}
+
+#[test]
+fn prometheus_scrapes_the_stack_in_its_own_profile() {
+    let compose = compose();
+    let services = compose.get("services").and_then(Value::as_mapping).unwrap();
+    let prometheus = services
+        .get("prometheus")
+        .expect("docker-compose.yml has a `prometheus` service");
+    let mut problems = Vec::new();
+
+    // Only with `--profile observability`: the default stack stays as it is.
+    let profiles = words(prometheus.get("profiles"));
+    if profiles != ["observability"] {
+        problems.push(format!(
+            "`prometheus` must be in the profile `observability` only, so that a plain \
+             `docker compose up` does not start it; it has profiles {profiles:?}"
+        ));
+    }
+    let image = prometheus.get("image").map(scalar).unwrap_or_default();
+    match image.rsplit_once(':') {
+        Some(("prom/prometheus", tag)) if !tag.is_empty() && tag != "latest" => {}
+        _ => problems.push(format!(
+            "`prometheus` runs `{image}`; expected prom/prometheus with a pinned tag"
+        )),
+    }
+
+    // deploy/prometheus/ is its configuration directory, read-only, and the
+    // configuration file it is told to read is one of that directory's.
+    let mount = words(prometheus.get("volumes")).into_iter().find_map(|v| {
+        let mut parts = v.split(':');
+        let (source, target, mode) = (parts.next()?, parts.next()?, parts.next());
+        (source.trim_end_matches('/') == "./deploy/prometheus")
+            .then(|| (target.trim_end_matches('/').to_owned(), mode == Some("ro")))
+    });
+    match &mount {
+        None => problems.push(
+            "`prometheus` does not mount ./deploy/prometheus (its configuration directory)".into(),
+        ),
+        Some((_, false)) => {
+            problems.push("`prometheus` mounts ./deploy/prometheus writable; mount it :ro".into());
+        }
+        Some(_) => {}
+    }
+    let config_flag = words(prometheus.get("command"))
+        .into_iter()
+        .find_map(|w| w.strip_prefix("--config.file=").map(str::to_owned));
+    match (&mount, &config_flag) {
+        (Some((dir, _)), Some(file)) => match file.strip_prefix(&format!("{dir}/")) {
+            Some(name) if root().join("deploy/prometheus").join(name).is_file() => {}
+            _ => problems.push(format!(
+                "`prometheus` reads --config.file={file}, which is not a file of \
+                 deploy/prometheus/ (mounted at {dir})"
+            )),
+        },
+        (_, None) => problems.push("`prometheus` has no --config.file in its `command:`".into()),
+        _ => {}
+    }
+
+    // Its configuration: the rule files exist, and the jobs the rules expect
+    // scrape the ports the intake and the workers serve /metrics on.
+    let config = yaml("deploy/prometheus/prometheus.yml");
+    for rules in words(config.get("rule_files")) {
+        if !root().join("deploy/prometheus").join(&rules).is_file() {
+            problems.push(format!(
+                "deploy/prometheus/prometheus.yml loads {rules}, which is not in deploy/prometheus/"
+            ));
+        }
+    }
+    let jobs: BTreeMap<String, &Value> = config
+        .get("scrape_configs")
+        .and_then(Value::as_sequence)
+        .expect("deploy/prometheus/prometheus.yml has scrape_configs")
+        .iter()
+        .map(|job| (job.get("job_name").map(scalar).unwrap_or_default(), job))
+        .collect();
+    // (job, what it must reach: [host:port] as static targets, or a DNS name
+    // with a port).
+    let mut scraped: Vec<(String, String, u16)> = Vec::new();
+    for (name, job) in &jobs {
+        for group in job
+            .get("static_configs")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            for target in words(group.get("targets")) {
+                match target.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                    Some((host, Ok(port))) => scraped.push((name.clone(), host.to_owned(), port)),
+                    _ => problems.push(format!("job {name}: target {target} has no port")),
+                }
+            }
+        }
+        for sd in job
+            .get("dns_sd_configs")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let port = sd.get("port").map(scalar).and_then(|p| p.parse().ok());
+            for host in words(sd.get("names")) {
+                match port {
+                    Some(port) => scraped.push((name.clone(), host, port)),
+                    None => problems.push(format!("job {name}: dns_sd name {host} has no port")),
+                }
+            }
+        }
+    }
+    let roles = verimail_services(&compose, &mut problems);
+    for (job, role, var) in [
+        (
+            "verimail-intake",
+            "intake",
+            "VERIMAIL_INTAKE_METRICS_LISTEN",
+        ),
+        ("verimail-worker", "worker", "VERIMAIL_METRICS_LISTEN"),
+    ] {
+        let Some(service) = roles.iter().find(|s| s.role() == role) else {
+            continue;
+        };
+        let Some(port) = metrics_port(service, var) else {
+            problems.push(format!(
+                "service `{}`: {var} is not an address",
+                service.name
+            ));
+            continue;
+        };
+        let targets: Vec<&(String, String, u16)> =
+            scraped.iter().filter(|(j, _, _)| j == job).collect();
+        if targets.is_empty() {
+            problems.push(format!(
+                "deploy/prometheus/prometheus.yml has no job {job} (the alert rules expect it)"
+            ));
+        }
+        for (_, host, target_port) in targets {
+            if host != &service.name || *target_port != port {
+                problems.push(format!(
+                    "job {job} scrapes {host}:{target_port}, but the `{role}` service is `{}` \
+                     with /metrics on port {port} ({var})",
+                    service.name
+                ));
+            }
+        }
+        if !exposes(&service.raw, port) {
+            problems.push(format!(
+                "service `{}` does not `expose` {port}, the metrics port Prometheus scrapes",
+                service.name
+            ));
+        }
+    }
+
+    // Published on localhost, where the README and scripts/compose-e2e.sh
+    // look for it.
+    let published: Vec<String> = words(prometheus.get("ports"));
+    let host_port = published
+        .iter()
+        .find_map(|p| p.strip_prefix("127.0.0.1:")?.strip_suffix(":9090"))
+        .map(str::to_owned);
+    match host_port {
+        None => problems.push(format!(
+            "`prometheus` does not publish its port 9090 on 127.0.0.1: {published:?}"
+        )),
+        Some(port) => {
+            let url = format!("http://127.0.0.1:{port}");
+            if shell_constant("scripts/compose-e2e.sh", "PROM_API").as_deref() != Some(url.as_str())
+            {
+                problems.push(format!(
+                    "scripts/compose-e2e.sh does not read Prometheus at {url} (PROM_API)"
+                ));
+            }
+            if !read("README.md").contains(&url) {
+                problems.push(format!("README.md never shows Prometheus at {url}"));
+            }
+        }
+    }
+
+    // CI runs it too, from its stand-in image.
+    let ci = yaml(".ci/compose/docker-compose.ci.yml");
+    if ci
+        .get("services")
+        .and_then(|s| s.get("prometheus"))
+        .and_then(|p| p.get("image"))
+        .is_none()
+    {
+        problems.push(
+            "the CI override gives `prometheus` no stand-in image; CI can pull none".to_owned(),
+        );
+    }
+    assert_no_problems("Prometheus in docker-compose.yml", &problems);
 }

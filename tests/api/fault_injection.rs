@@ -8,6 +8,11 @@
 //! refused connections) that leaves a backlog, and SIGKILLs a worker 5 s
 //! after the relay is back.
 //!
+//! A third (issue 25) gives the workers two relays and takes the first away
+//! (451, then refused connections): every mail must go out through the
+//! second within its first attempt, and the first must carry mail again
+//! after its cool-down.
+//!
 //! Afterwards each prints the figures and fails unless every 204 ended final,
 //! no request answered with an error got a mail, duplicates come only from
 //! SIGKILLs, nothing answered 5xx, and every dispatch a killed worker held
@@ -125,14 +130,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// What one request got.
 #[derive(Debug, Clone)]
 struct Answer {
@@ -160,11 +157,24 @@ struct Run {
     outages: Outages,
     lease: Duration,
     prefix: String,
+    /// The relay after the first in `SMTP_URL`, when the run has two.
+    second_sink: Option<SmtpSink>,
 }
 
 impl Run {
     /// `overrides` replace the common settings of the same name.
     async fn start(outages: Outages, lease: Duration, overrides: &[(&str, String)]) -> Self {
+        Self::start_with_relays(outages, lease, overrides, None).await
+    }
+
+    /// As [`Run::start`], with `second_sink` as a second relay after the
+    /// first (which is behind the cuttable proxy) when given.
+    async fn start_with_relays(
+        outages: Outages,
+        lease: Duration,
+        overrides: &[(&str, String)],
+        second_sink: Option<SmtpSink>,
+    ) -> Self {
         let db = TestDb::new().await;
         let prefix = unique_prefix();
         let sink = SmtpSink::start().await;
@@ -176,7 +186,13 @@ impl Run {
             ("AMQP_URL", amqp_via(amqp.addr())),
             ("VERIMAIL_AMQP_PREFIX", prefix.clone()),
             ("VERIMAIL_SECRET", TEST_SECRET.to_owned()),
-            ("SMTP_URL", format!("smtp://{}", smtp.addr())),
+            (
+                "SMTP_URL",
+                match &second_sink {
+                    None => format!("smtp://{}", smtp.addr()),
+                    Some(second) => format!("smtp://{},smtp://{}", smtp.addr(), second.addr()),
+                },
+            ),
             ("VERIMAIL_PUBLISH_TIMEOUT", "1s".into()),
             ("VERIMAIL_DB_POOL_SIZE", "8".into()),
             ("VERIMAIL_DB_ACQUIRE_TIMEOUT", "1s".into()),
@@ -231,6 +247,33 @@ impl Run {
             outages,
             lease,
             prefix,
+            second_sink,
+        }
+    }
+
+    /// Every mail every relay accepted.
+    fn mails(&self) -> Vec<verimail_testkit::smtp_sink::ReceivedMail> {
+        let mut mails = self.sink.messages();
+        if let Some(second) = &self.second_sink {
+            mails.extend(second.messages());
+        }
+        mails
+    }
+
+    /// Waits (up to 2 minutes) until no dispatch is open; how many still are.
+    async fn drained(&self) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let open = self
+                .db
+                .count(
+                    "SELECT count(*) FROM dispatches WHERE status IN ('queued', 'sending', 'retrying')",
+                )
+                .await;
+            if open == 0 || Instant::now() > deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -485,19 +528,7 @@ impl Run {
     async fn check(mut self, answers: Vec<Answer>, load_secs: f64, title: &str) {
         let run = &mut self;
         // Drain: every dispatch ends by itself.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let open = loop {
-            let open = run
-            .db
-            .count(
-                "SELECT count(*) FROM dispatches WHERE status IN ('queued', 'sending', 'retrying')",
-            )
-            .await;
-            if open == 0 || Instant::now() > deadline {
-                break open;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let open = run.drained().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         // --- figures ----------------------------------------------------------
@@ -546,7 +577,7 @@ impl Run {
         }
 
         let mut mails: HashMap<Uuid, usize> = HashMap::new();
-        for mail in run.sink.messages() {
+        for mail in run.mails() {
             let header = mail.header("Message-ID").unwrap_or_default();
             let id = header
                 .trim()
@@ -736,6 +767,93 @@ async fn outage_then_kill() {
         .await;
 }
 
+/// Issue 25: two relays; the first answers 451 for 5 s, then refuses
+/// connections for 5 s. A relay's transient failure sends the same message
+/// through the next relay within the same attempt, so every dispatch must
+/// end `sent` at its first attempt (no retry, no wait for one), and after
+/// its cool-down the first relay must carry mail again.
+async fn relay_outage_with_a_second_relay() {
+    let second = SmtpSink::start().await;
+    let overrides = [("VERIMAIL_SMTP_COOLDOWN", "3s".to_owned())];
+    let run = Run::start_with_relays(Outages::Proxied, LEASE, &overrides, Some(second)).await;
+    run.wait_ready().await;
+    let load = Load::start(&run).await;
+    let second = run.second_sink.as_ref().unwrap();
+
+    load.at(4).await;
+    let first_before = run.sink.messages().len();
+    let second_before = second.messages().len();
+    run.sink
+        .set_default(Behaviour::RejectData("451 4.3.0 try again later".into()));
+    load.at(9).await;
+    run.smtp.cut();
+    load.at(14).await;
+    run.sink.set_default(Behaviour::Accept);
+    run.smtp.restore();
+    let first_at_restore = run.sink.messages().len();
+    let second_during = second.messages().len() - second_before;
+    load.at(24).await;
+    let first_after = run.sink.messages().len() - first_at_restore;
+    let (answers, load_secs) = load.stop().await;
+
+    let open = run.drained().await;
+    let accepted: Vec<Uuid> = answers
+        .iter()
+        .filter(|a| a.status == Some(204))
+        .filter_map(|a| a.request_id)
+        .collect();
+    let rows: Vec<(Uuid, String, i32, Option<f64>)> = sqlx::query_as(
+        "SELECT id, status, attempts, extract(epoch FROM sent_at - created_at)::float8 \
+           FROM dispatches WHERE id = ANY($1)",
+    )
+    .bind(&accepted)
+    .fetch_all(&run.db.pool)
+    .await
+    .unwrap();
+    let retried: Vec<(Uuid, String, i32)> = rows
+        .iter()
+        .filter(|(_, status, attempts, _)| status != "sent" || *attempts != 1)
+        .map(|(id, status, attempts, _)| (*id, status.clone(), *attempts))
+        .collect();
+    let mut latencies: Vec<f64> = rows.iter().filter_map(|r| r.3).collect();
+    latencies.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!("fault injection (relay outage with a second relay):");
+    println!(
+        "  first relay: {first_before} mails before the outage, {first_after} in the 10 s after it (cool-down 3 s); \
+         second relay: {second_during} mails during the outage; open at the end: {open}"
+    );
+    println!(
+        "  204s: {}; not sent at their first attempt: {}; request→sent p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        accepted.len(),
+        retried.len(),
+        quantile(0.5),
+        quantile(0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+    assert!(
+        retried.is_empty(),
+        "every dispatch is sent at its first attempt: {:?}",
+        &retried[..retried.len().min(10)]
+    );
+    assert!(first_before > 0, "the first relay carried mail before");
+    assert!(
+        second_during > 0,
+        "the second relay carried mail in the outage"
+    );
+    assert!(
+        first_after > 0,
+        "the first relay carries mail again after its cool-down"
+    );
+    run.check(answers, load_secs, "relay outage with a second relay")
+        .await;
+}
+
 /// One fault run at a time: each starts five processes and times them
 /// against bounds, so two at once on a small machine would measure each
 /// other. (The tests run on runtimes of their own; tokio's mutex works
@@ -746,6 +864,12 @@ static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new
 async fn a_killed_workers_dispatches_are_mailed_in_time_after_an_smtp_outage() {
     let _alone = ONE_RUN_AT_A_TIME.lock().await;
     outage_then_kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_outage_with_a_second_relay_delays_no_mail() {
+    let _alone = ONE_RUN_AT_A_TIME.lock().await;
+    relay_outage_with_a_second_relay().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -32,8 +32,15 @@ async fn requests_and_final_states_are_counted() {
     let prefix = unique_prefix();
     let broker = Broker::connect(&prefix).await;
     let sink = SmtpSink::start().await;
-    let intake = TestIntake::spawn(intake_settings(amqp_url(), &prefix), &db.url).await;
-    let worker = TestWorker::spawn(worker_settings(&prefix, Some(sink.url())), &db.url).await;
+    let mut intake_config = intake_settings(amqp_url(), &prefix);
+    intake_config.max_backlog = Some(50_000);
+    let intake = TestIntake::spawn(intake_config, &db.url).await;
+    // Housekeeping (the oldest-queued gauge) on a short beat, and maintenance
+    // at start (the partitions' end), for the gauges the alert rules read.
+    let mut worker_config = worker_settings(&prefix, Some(sink.url()));
+    worker_config.sweep_interval = Duration::from_millis(200);
+    worker_config.maintenance_interval = Duration::from_secs(3600);
+    let worker = TestWorker::spawn(worker_config, &db.url).await;
     let p = partner(&db.pool, AccountKind::Partner, false).await;
 
     let reply = intake
@@ -99,6 +106,23 @@ async fn requests_and_final_states_are_counted() {
     assert!(
         sample(&text, "verimail_publish_duration_seconds_count", &[]).is_some_and(|n| n >= 1.0)
     );
+    // Each relay is a label (`host:port`, never credentials).
+    let relay = sink.addr().to_string();
+    assert_eq!(
+        sample(
+            &text,
+            "verimail_smtp_relay_sends_total",
+            &[("relay", relay.as_str()), ("result", "ok")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // The test sender's domain has no DKIM key: its mail is counted unsigned.
+    assert_eq!(
+        sample(&text, "verimail_mails_unsigned_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
     assert!(
         sample(
             &text,
@@ -111,6 +135,8 @@ async fn requests_and_final_states_are_counted() {
         text.contains("verimail_http_request_duration_seconds_bucket"),
         "latencies are histograms"
     );
+    // What deploy/prometheus/verimail-rules.yml compares the depth with.
+    assert_eq!(sample(&text, "verimail_backlog_limit", &[]), Some(50_000.0));
 
     // The worker's own metrics port serves the same registry.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -132,6 +158,59 @@ async fn requests_and_final_states_are_counted() {
             &[("status", "sent")]
         ),
         Some(1.0)
+    );
+
+    // The gauges the alert rules read from the workers: nothing waits once
+    // the mail is sent; the partitions end days ahead (maintenance at start).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let worker_scrape = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &worker_scrape,
+            "verimail_oldest_queued_dispatch_age_seconds",
+            &[]
+        ),
+        Some(0.0),
+        "{worker_scrape}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let ready_until = sample(
+        &worker_scrape,
+        "verimail_partitions_ready_until_timestamp_seconds",
+        &[],
+    )
+    .unwrap();
+    assert!(ready_until > now + 3.0 * 86_400.0, "{ready_until} vs {now}");
+    // Counters the rules read with increase() exist at 0 before any event:
+    // a series born with its first event would show Prometheus no increase.
+    assert_eq!(
+        sample(&worker_scrape, "verimail_claims_taken_over_total", &[]),
+        Some(0.0),
+        "no claim was taken over"
+    );
+    assert_eq!(
+        sample(
+            &worker_scrape,
+            "verimail_shed_total",
+            &[("reason", "backlog")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &worker_scrape,
+            "verimail_maintenance_runs_total",
+            &[("outcome", "failed")]
+        ),
+        Some(0.0)
     );
 
     worker.stop().await.unwrap();

@@ -6,17 +6,22 @@
 set -euo pipefail
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
-if [[ -z "${POSTGRES_PASSWORD:-}" ]]; then
-    echo "postgres-entrypoint: POSTGRES_PASSWORD must be set" >&2
+# As the upstream image: POSTGRES_HOST_AUTH_METHOD=trust (the compose
+# profile `services`, for development machines) needs no password.
+: "${POSTGRES_HOST_AUTH_METHOD:=scram-sha-256}"
+if [[ -z "${POSTGRES_PASSWORD:-}" && "$POSTGRES_HOST_AUTH_METHOD" != trust ]]; then
+    echo "postgres-entrypoint: POSTGRES_PASSWORD must be set (or POSTGRES_HOST_AUTH_METHOD=trust)" >&2
     exit 1
 fi
 if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
     pwfile=$(mktemp)
-    printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
-    initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" -E UTF8 \
-        --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    printf '%s\n' "${POSTGRES_PASSWORD:-}" >"$pwfile"
+    pwopt=(--pwfile="$pwfile")
+    [[ -n "${POSTGRES_PASSWORD:-}" ]] || pwopt=()
+    initdb -D "$PGDATA" -U "$POSTGRES_USER" "${pwopt[@]}" -E UTF8 \
+        --auth-local=trust --auth-host="$POSTGRES_HOST_AUTH_METHOD" >/dev/null
     rm -f "$pwfile"
-    printf 'host all all all scram-sha-256\n' >>"$PGDATA/pg_hba.conf"
+    printf 'host all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
     pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
     if [[ "$POSTGRES_DB" != postgres ]]; then
         createdb -U "$POSTGRES_USER" "$POSTGRES_DB"

@@ -38,8 +38,8 @@ pub struct DbArgs {
     /// Give up waiting for dispatches to end after this long.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// How often to look. Each look is one small indexed query, so it
-    /// barely loads the Postgres being measured.
+    /// How often to look. Each look walks the index of open dispatches to
+    /// the first one, so it barely loads the Postgres being measured.
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     pub poll: Duration,
 }
@@ -146,8 +146,7 @@ async fn wait_until_terminal(
 ) -> anyhow::Result<bool> {
     let give_up = tokio::time::Instant::now() + db.drain_timeout;
     loop {
-        let open = ends::open_since(pool, since).await?;
-        if open == 0 {
+        if !ends::any_open_since(pool, since).await? {
             let done = ends::finished_among(pool, ids).await?;
             if usize::try_from(done).is_ok_and(|d| d >= ids.len()) {
                 return Ok(true);
@@ -270,8 +269,7 @@ pub async fn drain_main(args: DrainArgs) -> anyhow::Result<ExitCode> {
     let pool = connect(&args.db.database_url).await?;
     let give_up = tokio::time::Instant::now() + args.db.drain_timeout;
     let all_terminal = loop {
-        let open = ends::open(&pool).await?;
-        if open == 0 {
+        if !ends::any_open(&pool).await? {
             break true;
         }
         if tokio::time::Instant::now() >= give_up {

@@ -10,11 +10,14 @@
 //! - `sink`: an SMTP server that accepts and discards mail, fast enough not
 //!   to be the bottleneck.
 //! - `summary`: the closing table of `scripts/bench.sh`.
+//! - `compare`: an analysed run and one without statistics side by side
+//!   (`scripts/bench.sh --compare-stats`).
 //!
 //! Human-readable figures go to stdout (stderr with `--json`); the last line
 //! on stdout is always one JSON object with the same figures.
 
 mod client;
+mod compare;
 mod e2e;
 mod load;
 mod report;
@@ -51,6 +54,8 @@ enum Command {
     Sink(sink::SinkArgs),
     /// Print the table and ratios of a `scripts/bench.sh` run directory.
     Summary(summary::SummaryArgs),
+    /// Print an analysed run and a run without statistics side by side.
+    Compare(compare::CompareArgs),
 }
 
 /// Options every mode that prints a report shares.
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
             Command::Drain(args) => e2e::drain_main(args).await,
             Command::Sink(args) => sink::main(args).await,
             Command::Summary(args) => summary::main(args),
+            Command::Compare(args) => compare::main(args),
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! verimail's domain, free of I/O: the request rules of the send and check
 //! endpoints, the CBC error table, the dispatch state machine, the queue
-//! message, codes and their secrets, and Huawei's SDK signature. Nothing here
+//! message, codes and their secrets, Huawei's SDK signature, and webhook
+//! secrets, signatures and endpoint rules. Nothing here
 //! talks to a network or a database (`verimail-infra` does), so the rules
 //! build and test alone, and the fuzz targets compile only this.
 
@@ -13,6 +14,7 @@ pub mod request;
 pub mod sdk_signature;
 pub mod secrets;
 pub mod status;
+pub mod webhook;
 
 pub use error_code::ErrorCode;
 pub use message::DispatchMessage;

@@ -1,10 +1,12 @@
 //! Keys derived from `VERIMAIL_SECRET`, and what they protect: code digests,
-//! sealed codes and sealed AK/SK secret keys; and the digest of API tokens.
+//! sealed codes, sealed AK/SK secret keys and sealed webhook secrets; and the
+//! digest of API tokens.
 //!
 //! Each purpose gets its own HKDF-SHA256 subkey, so a digest key can never be
 //! used to open a sealed value and vice versa.
 
 use crate::code::Code;
+use crate::webhook::WebhookSecret;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -71,6 +73,7 @@ pub struct Keys {
     code_digest: [u8; 32],
     code_seal: [u8; 32],
     access_key_seal: [u8; 32],
+    webhook_secret_seal: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -92,6 +95,7 @@ impl Keys {
             code_digest: derive(b"code-digest"),
             code_seal: derive(b"code-seal"),
             access_key_seal: derive(b"access-key-seal"),
+            webhook_secret_seal: derive(b"webhook-secret-seal"),
         }
     }
 
@@ -133,6 +137,26 @@ impl Keys {
         )
     }
 
+    /// Seals a partner's webhook signing secret; the partner id is
+    /// authenticated data, so a sealed secret moved to another partner's
+    /// row does not open.
+    pub fn seal_webhook_secret(&self, partner_id: Uuid, secret: &WebhookSecret) -> Vec<u8> {
+        seal(
+            &self.webhook_secret_seal,
+            partner_id.as_bytes(),
+            secret.as_bytes(),
+        )
+    }
+
+    pub fn open_webhook_secret(
+        &self,
+        partner_id: Uuid,
+        sealed: &[u8],
+    ) -> Result<WebhookSecret, OpenError> {
+        open(&self.webhook_secret_seal, partner_id.as_bytes(), sealed)
+            .map(WebhookSecret::from_bytes)
+    }
+
     pub fn open_access_secret(
         &self,
         access_key: &str,
@@ -160,7 +184,24 @@ impl SecretUrl {
     /// The URL with any password (in the user info or a `password=` query
     /// parameter) replaced by `***`.
     pub fn redacted(&self) -> String {
-        let masked = mask_userinfo_password(&self.0);
+        // A list of URLs (AMQP_URL's cluster form) holds one password each.
+        // Only a comma before another scheme starts a URL: one in a password
+        // or between hosts (libpq's h1,h2) does not.
+        let mut urls: Vec<String> = Vec::new();
+        for part in self.0.split(',') {
+            match urls.last_mut() {
+                Some(url) if !starts_with_scheme(part) => {
+                    url.push(',');
+                    url.push_str(part);
+                }
+                _ => urls.push(part.to_owned()),
+            }
+        }
+        let masked = urls
+            .iter()
+            .map(|url| mask_userinfo_password(url))
+            .collect::<Vec<_>>()
+            .join(",");
         match masked.find("password=") {
             Some(at) => {
                 let value = at + "password=".len();
@@ -172,6 +213,17 @@ impl SecretUrl {
             None => masked,
         }
     }
+}
+
+fn starts_with_scheme(part: &str) -> bool {
+    part.trim_start()
+        .split_once("://")
+        .is_some_and(|(scheme, _)| {
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        })
 }
 
 fn mask_userinfo_password(url: &str) -> String {
@@ -311,6 +363,14 @@ mod tests {
                 "postgres://who@db/x?password=***&a=b",
             ),
             ("not a url", "not a url"),
+            (
+                "amqp://g:one@a:5672/%2f, amqp://g:two@b:5672/%2f",
+                "amqp://g:***@a:5672/%2f, amqp://g:***@b:5672/%2f",
+            ),
+            (
+                "postgres://u:p,q@h1:5432,h2:5432/db?target_session_attrs=read-write",
+                "postgres://u:***@h1:5432,h2:5432/db?target_session_attrs=read-write",
+            ),
         ] {
             let secret = SecretUrl::new(url);
             assert_eq!(secret.redacted(), shown);

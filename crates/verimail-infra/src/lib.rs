@@ -11,3 +11,4 @@ pub mod metrics_server;
 pub mod publisher;
 pub mod store;
 pub mod telemetry;
+pub mod webhook_endpoint;

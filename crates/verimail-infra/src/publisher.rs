@@ -6,8 +6,13 @@
 //! One confirm-mode channel is shared by every caller (confirms are matched
 //! per publish by lapin). When the broker goes away the channel is dropped
 //! and the next publish reconnects; while it stays away publishes fail fast.
+//! A nack drops it too: after a cluster node died, RabbitMQ 3.10 went on
+//! nacking every publish on a channel that had sent to the dead node's queue
+//! leader until that node came back (20 s in `scripts/ha-failover.sh`),
+//! while a new channel publishes to the new leader at once.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -36,6 +41,21 @@ pub enum PublishError {
     Nacked,
     #[error("the message was unroutable: {0}")]
     Returned(String),
+}
+
+/// Every `reason` of `verimail_publish_failures_total` (`PublishError::kind`).
+const FAILURE_KINDS: [&str; 5] = ["timeout", "unreachable", "channel", "nack", "unroutable"];
+
+/// Starts `verimail_publish_failures_total` at 0 for every reason on these
+/// routes: alerts read it with `rate()`, and a series that appears with its
+/// first failure shows Prometheus no increase.
+pub fn start_failure_counters_at_zero(routes: &[Route]) {
+    for route in routes {
+        for reason in FAILURE_KINDS {
+            metrics::counter!(m::PUBLISH_FAILURES, "route" => route.label(), "reason" => reason)
+                .increment(0);
+        }
+    }
 }
 
 impl PublishError {
@@ -89,12 +109,16 @@ struct Link {
     // Kept so the connection lives as long as its channel.
     _connection: Connection,
     channel: Channel,
+    /// Which link this is, so a late failure on an old one does not drop
+    /// the one that replaced it.
+    generation: u64,
 }
 
 pub struct Publisher {
     settings: PublisherSettings,
     link: Mutex<Option<Link>>,
     connecting: tokio::sync::Mutex<Option<Instant>>,
+    generations: AtomicU64,
 }
 
 impl Publisher {
@@ -103,23 +127,40 @@ impl Publisher {
             settings,
             link: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
+            generations: AtomicU64::new(0),
         }
     }
 
     /// Publishes one dispatch id and waits for the broker's confirm, at most
     /// the publish timeout.
     pub async fn publish(&self, dispatch_id: Uuid, route: Route) -> Result<(), PublishError> {
+        self.publish_marked(dispatch_id, route, false).await
+    }
+
+    /// As [`Publisher::publish`], for a send that waits for the first SMTP
+    /// attempt: the message carries [`amqp::AWAITED_HEADER`].
+    pub async fn publish_awaited(&self, dispatch_id: Uuid) -> Result<(), PublishError> {
+        self.publish_marked(dispatch_id, Route::Dispatch, true)
+            .await
+    }
+
+    async fn publish_marked(
+        &self,
+        dispatch_id: Uuid,
+        route: Route,
+        awaited: bool,
+    ) -> Result<(), PublishError> {
         let timeout = self.settings.timeout;
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(timeout, self.publish_unbounded(dispatch_id, route)).await {
-                Ok(result) => result,
-                Err(_) => {
-                    // A silent broker: start afresh on the next publish.
-                    self.drop_link();
-                    Err(PublishError::Timeout(timeout))
-                }
-            };
+        let unbounded = self.publish_unbounded(dispatch_id, route, awaited);
+        let result = match tokio::time::timeout(timeout, unbounded).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A silent broker: start afresh on the next publish.
+                self.drop_link();
+                Err(PublishError::Timeout(timeout))
+            }
+        };
         metrics::histogram!(m::PUBLISH_DURATION, "route" => route.label())
             .record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
@@ -129,8 +170,13 @@ impl Publisher {
         result
     }
 
-    async fn publish_unbounded(&self, dispatch_id: Uuid, route: Route) -> Result<(), PublishError> {
-        let channel = self.channel().await.map_err(PublishError::Unreachable)?;
+    async fn publish_unbounded(
+        &self,
+        dispatch_id: Uuid,
+        route: Route,
+        awaited: bool,
+    ) -> Result<(), PublishError> {
+        let (channel, generation) = self.channel().await.map_err(PublishError::Unreachable)?;
         let topology = &self.settings.topology;
         let (exchange, routing_key) = match route {
             Route::Dispatch => (
@@ -138,11 +184,11 @@ impl Publisher {
                 DISPATCH_ROUTING_KEY.to_owned(),
             ),
             Route::Retry(delay) => (
-                topology.retry_exchange(),
+                topology.delay_exchange(),
                 Topology::retry_routing_key(delay),
             ),
             Route::Recheck(_) => (
-                topology.retry_exchange(),
+                topology.delay_exchange(),
                 amqp::RECHECK_ROUTING_KEY.to_owned(),
             ),
         };
@@ -151,6 +197,17 @@ impl Publisher {
             // At least a millisecond: an expiration of 0 means "now or never".
             let ms = after.as_millis().clamp(1, u128::from(u32::MAX));
             properties = properties.with_expiration(ms.to_string().into());
+        }
+        let mut headers = FieldTable::default();
+        crate::telemetry::trace_context::inject_current(&mut headers);
+        if awaited {
+            headers.insert(
+                amqp::AWAITED_HEADER.into(),
+                lapin::types::AMQPValue::Boolean(true),
+            );
+        }
+        if !headers.inner().is_empty() {
+            properties = properties.with_headers(headers);
         }
         let payload = DispatchMessage::new(dispatch_id).encode();
         let outcome = async {
@@ -172,11 +229,12 @@ impl Publisher {
         let confirmation = match outcome {
             Ok(confirmation) => confirmation,
             Err(error) => {
-                self.drop_link();
+                self.drop_link_of(generation);
                 return Err(error.into());
             }
         };
         if confirmation.is_nack() {
+            self.drop_link_of(generation);
             return Err(PublishError::Nacked);
         }
         match confirmation.take_message() {
@@ -200,7 +258,7 @@ impl Publisher {
             ..Default::default()
         };
         let declared = tokio::time::timeout(self.settings.timeout, async {
-            let channel = self.channel().await?;
+            let (channel, _) = self.channel().await?;
             channel
                 .queue_declare(queue.into(), passive, FieldTable::default())
                 .await
@@ -215,18 +273,26 @@ impl Publisher {
         Ok(declared?.message_count())
     }
 
-    fn current(&self) -> Option<Channel> {
+    fn current(&self) -> Option<(Channel, u64)> {
         let link = self.link.lock().unwrap_or_else(|e| e.into_inner());
         link.as_ref()
             .filter(|l| l.channel.status().connected())
-            .map(|l| l.channel.clone())
+            .map(|l| (l.channel.clone(), l.generation))
     }
 
     fn drop_link(&self) {
         self.link.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    async fn channel(&self) -> anyhow::Result<Channel> {
+    /// Drops the link if it is still the one of `generation`.
+    fn drop_link_of(&self, generation: u64) {
+        let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        if link.as_ref().is_some_and(|l| l.generation == generation) {
+            link.take();
+        }
+    }
+
+    async fn channel(&self) -> anyhow::Result<(Channel, u64)> {
         if let Some(channel) = self.current() {
             return Ok(channel);
         }
@@ -240,10 +306,10 @@ impl Publisher {
         match self.connect().await {
             Ok(link) => {
                 *last_failure = None;
-                let channel = link.channel.clone();
+                let current = (link.channel.clone(), link.generation);
                 *self.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
                 tracing::info!("publisher connected to RabbitMQ");
-                Ok(channel)
+                Ok(current)
             }
             Err(error) => {
                 *last_failure = Some(Instant::now());
@@ -274,6 +340,27 @@ impl Publisher {
         Ok(Link {
             _connection: connection,
             channel,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_reason_is_one_started_at_zero() {
+        // `Channel` wraps a lapin error, which has no public constructor; its
+        // reason is spelled once, in `kind`, beside the others.
+        let errors = [
+            PublishError::Timeout(Duration::ZERO),
+            PublishError::Unreachable(anyhow::anyhow!("refused")),
+            PublishError::Nacked,
+            PublishError::Returned("no route".into()),
+        ];
+        for error in &errors {
+            assert!(FAILURE_KINDS.contains(&error.kind()), "{}", error.kind());
+        }
     }
 }

@@ -50,9 +50,10 @@ impl Backlog {
 
 /// Samples the dispatch queue's depth until the intake is dropped.
 pub fn spawn_sampler(backlog: &Arc<Backlog>, publisher: &Arc<Publisher>, queue: String) {
-    if backlog.limit.is_none() {
+    let Some(limit) = backlog.limit else {
         return;
-    }
+    };
+    metrics::gauge!(m::BACKLOG_LIMIT).set(limit as f64);
     let (backlog, publisher): (Weak<Backlog>, Weak<Publisher>) =
         (Arc::downgrade(backlog), Arc::downgrade(publisher));
     tokio::spawn(async move {

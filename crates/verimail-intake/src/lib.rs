@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod auth;
 pub mod backlog;
 pub mod error;
+pub mod first_attempts;
 pub mod replays;
 pub mod request_id;
 pub mod routes;

@@ -9,6 +9,7 @@ use axum::response::Response;
 use tracing::Instrument;
 use uuid::Uuid;
 use verimail_infra::metrics as m;
+use verimail_infra::telemetry::trace_context;
 
 pub const HEADER: &str = "x-request-id";
 
@@ -25,6 +26,10 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .to_owned();
     request.extensions_mut().insert(RequestId(id));
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    // The caller's trace, when it sent one: the worker's spans join it too.
+    trace_context::continue_from_http(&span, |name| {
+        request.headers().get(name).and_then(|v| v.to_str().ok())
+    });
     async move {
         let started = std::time::Instant::now();
         let mut response = next.run(request).await;

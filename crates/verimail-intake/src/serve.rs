@@ -69,6 +69,8 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!(verimail_infra::metrics::SHED, "reason" => "connections")
+                .increment(1);
             connections.spawn(shed(stream));
             continue;
         };

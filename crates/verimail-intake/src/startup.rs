@@ -13,7 +13,7 @@ use verimail_domain::ErrorCode;
 use verimail_domain::secrets::Keys;
 use verimail_infra::amqp::Topology;
 use verimail_infra::metrics_server::MetricsListener;
-use verimail_infra::publisher::{Publisher, PublisherSettings};
+use verimail_infra::publisher::{Publisher, PublisherSettings, Route};
 
 use crate::auth::Authenticator;
 use crate::error::ApiError;
@@ -69,6 +69,11 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         verimail_infra::metrics::install();
+        // Series the alert rules read with `rate()` exist from the start.
+        for reason in ["backlog", "connections"] {
+            metrics::counter!(verimail_infra::metrics::SHED, "reason" => reason).increment(0);
+        }
+        verimail_infra::publisher::start_failure_counters_at_zero(&[Route::Dispatch]);
         let metrics =
             MetricsListener::bind(settings.metrics_listen, "intake", "the metrics listener")
                 .await?;
@@ -107,7 +112,10 @@ impl Application {
             settings.rate_limit,
             settings.handoff_window,
         ));
+        let waiters = Arc::new(crate::first_attempts::Waiters::default());
+        crate::first_attempts::spawn_listener(waiters.clone(), pool.clone());
         let state = AppState {
+            waiters,
             records,
             pool,
             keys,

@@ -19,4 +19,6 @@ pub struct AppState {
     pub backlog: Arc<crate::backlog::Backlog>,
     /// Dispatch records, group-committed across concurrent sends.
     pub records: Arc<verimail_infra::store::dispatches::Records>,
+    /// Sends waiting for their first SMTP attempt (`Prefer: wait`).
+    pub waiters: Arc<crate::first_attempts::Waiters>,
 }

@@ -166,6 +166,9 @@ pub struct SinkOptions {
     /// TLS with a fresh self-signed certificate for `127.0.0.1` and
     /// `localhost` (see [`SmtpSink::certificate_der`]).
     pub tls: Option<SinkTls>,
+    /// How long a refused AUTH waits before its `535`, as relays that
+    /// slow down password guessing do (Postfix's error sleep, tarpits).
+    pub auth_refusal_delay: Duration,
 }
 
 /// How the sink offers TLS.
@@ -567,6 +570,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             "AUTH" => {
                 let reply = self.auth(arg);
+                if reply.starts_with("535") {
+                    tokio::time::sleep(self.shared.options.auth_refusal_delay).await;
+                }
                 self.reply(&reply).await?;
             }
             "MAIL" => return self.mail(arg).await,

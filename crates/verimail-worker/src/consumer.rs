@@ -15,10 +15,12 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, 
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use verimail_domain::DispatchMessage;
 use verimail_infra::amqp::{self, Topology};
 use verimail_infra::metrics as m;
 use verimail_infra::publisher::{Publisher, Route};
+use verimail_infra::telemetry::trace_context;
 
 use crate::WorkerSettings;
 use crate::acks::Acks;
@@ -135,7 +137,8 @@ async fn session(
                     let publisher = publisher.clone();
                     let settings = settings.clone();
                     let acks = acks.clone();
-                    in_flight.spawn(async move { handle(&processor, &publisher, &settings.retry, &acks, delivery).await });
+                    let span = trace_context::delivery_span(delivery.properties.headers().as_ref());
+                    in_flight.spawn(async move { handle(&processor, &publisher, &settings.retry, &acks, delivery).await }.instrument(span));
                 }
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("consuming")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
@@ -248,7 +251,13 @@ async fn handle_inner(
         Ok(message) => message,
         Err(error) => return dead_letter(acks, delivery, &error.to_string()).await,
     };
-    match processor.process(message.dispatch_id).await? {
+    let next = processor.process(message.dispatch_id).await?;
+    // A waiting sender hears of the first attempt once its outcome is
+    // recorded: sent or failed (Ack), or to be retried (Park).
+    if matches!(next, Next::Ack | Next::Park(_)) && awaited(delivery) {
+        processor.announce_first_attempt(message.dispatch_id).await;
+    }
+    match next {
         Next::Ack => {}
         Next::Park(wait) => {
             // Parked in the delay queue that waits at least `wait`; it
@@ -271,11 +280,25 @@ async fn handle_inner(
     Ok(())
 }
 
+/// Whether the message's sender waits for its first attempt.
+fn awaited(delivery: &Delivery) -> bool {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(amqp::AWAITED_HEADER))
+        .is_some_and(|value| matches!(value, lapin::types::AMQPValue::Boolean(true)))
+}
+
 /// How often the queue depths (the backlog workers have not taken yet) are sampled.
 const DEPTH_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 async fn sample_depths(publisher: &Publisher, topology: &Topology) {
-    for queue in [topology.dispatch_queue(), topology.dead_queue()] {
+    for queue in [
+        topology.dispatch_queue(),
+        topology.due_queue(),
+        topology.dead_queue(),
+    ] {
         if let Ok(count) = publisher.message_count(&queue).await {
             metrics::gauge!(m::QUEUE_DEPTH, "queue" => queue).set(f64::from(count));
         }

@@ -10,6 +10,7 @@ pub mod mail;
 pub mod maintenance;
 pub mod process;
 pub mod retry;
+pub mod senders;
 pub mod settings;
 pub mod sweeper;
 
@@ -24,7 +25,7 @@ use tokio::task::JoinHandle;
 use verimail_domain::secrets::{Keys, SecretUrl};
 use verimail_infra::amqp::Topology;
 use verimail_infra::metrics_server::MetricsListener;
-use verimail_infra::publisher::{Publisher, PublisherSettings};
+use verimail_infra::publisher::{Publisher, PublisherSettings, Route};
 
 pub use process::{Next, Processor};
 pub use retry::RetryPolicy;
@@ -45,6 +46,7 @@ impl Worker {
     /// sets up the mail transport; connects to nothing yet.
     pub async fn build(settings: WorkerSettings, pool: PgPool, keys: Keys) -> anyhow::Result<Self> {
         verimail_infra::metrics::install();
+        start_alerted_counters_at_zero();
         let metrics =
             MetricsListener::bind(settings.metrics_listen, "worker", "VERIMAIL_METRICS_LISTEN")
                 .await?;
@@ -55,8 +57,31 @@ impl Worker {
             settings.smtp_timeout,
             settings.smtp_timeout,
         )
-        .context("setting up the mail transport")?;
+        .context("setting up the mail transport")?
+        .with_relay_cooldown(settings.smtp_cooldown);
         tracing::info!(transport = %transport, "mail transport ready");
+        let dkim = &settings.mail.dkim;
+        let sender_domain = settings.mail.sender.domain();
+        if dkim.has_key_for(sender_domain) {
+            tracing::info!(selector = dkim.selector(), domains = ?dkim.domains(), "DKIM signing");
+        } else if dkim.domains().is_empty() {
+            tracing::info!("DKIM signing is off (no keys in VERIMAIL_DKIM_KEYS, or it is unset)");
+        } else {
+            tracing::warn!(
+                domain = sender_domain,
+                "no DKIM key for VERIMAIL_MAIL_FROM's domain in VERIMAIL_DKIM_KEYS: mails go out unsigned"
+            );
+        }
+        let default_domain = sender_domain.to_ascii_lowercase();
+        let keyless: Vec<&str> = (settings.mail.sender_domains.iter())
+            .filter(|d| *d != default_domain && !dkim.has_key_for(d))
+            .collect();
+        if !dkim.domains().is_empty() && !keyless.is_empty() {
+            tracing::warn!(
+                domains = ?keyless,
+                "no DKIM key for these VERIMAIL_ALLOWED_SENDER_DOMAINS: partners' mails from them go out unsigned"
+            );
+        }
         let transport = Arc::new(transport);
         // Retries and re-publishes go out on a connection of their own, so a
         // consumer channel error does not take them down, and the reverse.
@@ -129,6 +154,7 @@ impl Worker {
             grace: settings.sweep_grace,
         };
         let mut tasks = vec![
+            tokio::spawn(check_transport(self.transport.clone())),
             tokio::spawn(sweeper::run(
                 self.pool.clone(),
                 self.publisher.clone(),
@@ -157,6 +183,41 @@ impl Worker {
     }
 }
 
+/// The worker's counters that alert rules read with `increase()` or
+/// `rate()`, at 0 from the start: a series that appears with its first
+/// event shows Prometheus no increase, and the first takeover, dead letter
+/// or failed maintenance run would go unseen.
+fn start_alerted_counters_at_zero() {
+    use verimail_infra::metrics as m;
+    metrics::counter!(m::CLAIMS_TAKEN_OVER).increment(0);
+    metrics::counter!(m::DEAD_LETTERED).increment(0);
+    for outcome in ["done", "busy", "failed"] {
+        metrics::counter!(m::MAINTENANCE_RUNS, "outcome" => outcome).increment(0);
+    }
+    verimail_infra::publisher::start_failure_counters_at_zero(&[
+        Route::Dispatch,
+        Route::Retry(std::time::Duration::ZERO),
+        Route::Recheck(std::time::Duration::ZERO),
+    ]);
+}
+
+/// The start-up check: one session set up and closed with every relay, each
+/// outcome logged, so an operator sees a relay that refuses our login (or
+/// cannot be reached) as soon as the worker starts. Beside the consumer, not
+/// before it: a relay down at start is no reason to leave the queue unread.
+async fn check_transport(transport: Arc<mail::Transport>) {
+    for (relay, checked) in transport.check().await {
+        match checked {
+            Ok(()) => tracing::info!(relay, "start-up check: the SMTP relay works"),
+            Err(e) => tracing::error!(
+                relay,
+                reason = e.reason(),
+                "start-up check: the SMTP relay cannot send; mails go to the next relay, or wait and retry"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -180,6 +241,7 @@ mod tests {
             outbox_retention: second,
             smtp_connections: 1,
             smtp_timeout: second,
+            smtp_cooldown: second,
             shutdown_grace: second,
             sweep_interval: second,
             sweep_grace: second,

@@ -141,6 +141,7 @@ async fn steps(conn: &mut PgConnection, policy: Policy, now_ms: i64) -> anyhow::
     let partitions = attached(conn).await?;
     let covered_until = covered_until(&partitions, now_ms);
     metrics::gauge!(m::PARTITIONS_AHEAD).set((covered_until - now_ms) as f64 / 1000.0);
+    metrics::gauge!(m::PARTITIONS_READY_UNTIL).set(covered_until as f64 / 1000.0);
     Ok(Report {
         created,
         dropped,

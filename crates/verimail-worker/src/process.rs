@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 use verimail_domain::DispatchStatus;
 use verimail_domain::secrets::Keys;
 use verimail_infra::metrics as m;
+use verimail_infra::telemetry::trace_context;
 
 use crate::WorkerSettings;
 use crate::mail::{self, CodeMail, SendError, Transport};
 use crate::retry::RetryPolicy;
+use crate::senders::{SENDER_TTL, Senders};
 use verimail_infra::store::dispatches::{self as store, Claim, ClaimToken, Claimed, Outcome};
 
 /// What the consumer does with the message once the outcome is committed.
@@ -37,6 +40,8 @@ pub struct Processor {
     settings: Arc<WorkerSettings>,
     /// Claims and outcomes, group-committed across concurrent `process` calls.
     writes: store::Writes,
+    /// Each partner's sender, kept for a few seconds.
+    senders: Senders,
 }
 
 /// Backoff between tries of an outcome write that failed (Postgres away).
@@ -60,12 +65,23 @@ impl Processor {
         settings: Arc<WorkerSettings>,
     ) -> Self {
         let writes = store::Writes::new(&pool, settings.lease);
+        let senders = Senders::new(pool.clone(), &settings.mail, SENDER_TTL);
         Self {
             pool,
             keys,
             transport,
             settings,
             writes,
+            senders,
+        }
+    }
+
+    /// Tells the intake waiting for this dispatch (`Prefer: wait`) that its
+    /// first attempt's outcome is recorded. Best effort: the intake reads
+    /// the dispatch itself when its wait runs out.
+    pub async fn announce_first_attempt(&self, id: Uuid) {
+        if let Err(error) = store::awaited::announce(&self.pool, id).await {
+            tracing::warn!(error = format!("{error:#}"), dispatch_id = %id, "announcing the first attempt failed");
         }
     }
 
@@ -74,6 +90,10 @@ impl Processor {
         let claim = self.writes.claim(id).await?;
         let (outcome, token) = match claim {
             Claim::Mine(claimed, token) => {
+                if claimed.taken_over {
+                    metrics::counter!(m::CLAIMS_TAKEN_OVER).increment(1);
+                    tracing::info!("took over a dispatch whose lease had run out");
+                }
                 // The lease is renewed while the send and its record are in
                 // progress, so it outlives any wait for an SMTP connection.
                 let work = async {
@@ -216,6 +236,9 @@ impl Processor {
     }
 
     async fn attempt(&self, id: Uuid, claimed: &Claimed) -> Result<(), SendError> {
+        let sender = self.senders.of(claimed.partner_id).await.map_err(|error| {
+            SendError::Transient(format!("the partner's sender could not be read: {error:#}"))
+        })?;
         let code = self.keys.open_code(id, &claimed.code_sealed).map_err(|_| {
             tracing::error!("cannot open the sealed code: does this worker share VERIMAIL_SECRET with the intake?");
             SendError::Transient("the sealed code could not be opened (VERIMAIL_SECRET mismatch?)".into())
@@ -227,11 +250,16 @@ impl Processor {
             code: code.expose(),
             valid_minutes: claimed.ttl.minutes(),
         };
-        let message = mail::render(&self.settings.mail, &mail)
+        let message = mail::render_as(&self.settings.mail, &sender, &mail)
             .map_err(|e| SendError::Permanent(format!("the mail could not be rendered: {e}")))?;
         drop(code);
         let started = std::time::Instant::now();
-        let sent = self.transport.send(&message).await;
+        let span = if trace_context::is_exporting() {
+            tracing::info_span!("smtp send", otel.kind = "client")
+        } else {
+            tracing::Span::none()
+        };
+        let sent = self.transport.send(&message).instrument(span).await;
         let result = match &sent {
             Ok(()) => "ok",
             Err(SendError::Transient(_)) => "transient",

@@ -28,6 +28,8 @@ pub struct WorkerSettings {
     pub outbox_retention: Duration,
     pub smtp_connections: usize,
     pub smtp_timeout: Duration,
+    /// How long a relay that failed several sends in a row is skipped.
+    pub smtp_cooldown: Duration,
     pub shutdown_grace: Duration,
     /// How often open dispatches whose message may be gone are re-published
     /// (and old `.eml` files and send answers pruned).

@@ -47,15 +47,23 @@ fn smtp_with(url: &str, max_connections: usize, command_timeout: Duration) -> Tr
 
 fn transient(result: Result<(), SendError>) -> String {
     match result {
-        Err(SendError::Transient(reason)) => reason,
+        Err(SendError::Transient(reason)) => without_relay(reason),
         other => panic!("expected a transient error, got {other:?}"),
     }
 }
 
 fn permanent(result: Result<(), SendError>) -> String {
     match result {
-        Err(SendError::Permanent(reason)) => reason,
+        Err(SendError::Permanent(reason)) => without_relay(reason),
         other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+/// An SMTP failure's reason begins with the relay's `host:port`; the rest.
+fn without_relay(reason: String) -> String {
+    match reason.split_once(": ") {
+        Some((relay, rest)) if relay.parse::<std::net::SocketAddr>().is_ok() => rest.to_owned(),
+        _ => reason,
     }
 }
 
@@ -300,7 +308,8 @@ async fn silent_server_hits_the_connect_timeout() {
     .unwrap();
 
     let reason = transient(transport.send(&message("user@example.org", "1")).await);
-    assert_eq!(reason, "SMTP connect: timed out after 300ms");
+    // Reachable but mute: named by the step, unlike an unreachable host.
+    assert_eq!(reason, "greeting/EHLO: no reply within 300ms");
 }
 
 #[tokio::test]
@@ -319,8 +328,139 @@ async fn credentials_from_the_url_are_decoded_and_used() {
 
     let wrong = format!("smtp://us%40er:nope@{}", sink.addr());
     let reason = transient(smtp(&wrong).send(&message("user@example.org", "2")).await);
-    assert!(reason.starts_with("AUTH: 535 5.7.8"), "{reason}");
+    assert!(reason.starts_with("AUTH refused: 535 5.7.8"), "{reason}");
     assert!(!reason.contains("nope"), "{reason}");
+}
+
+/// Issue 25: a relay that refuses our login, even one that pauses before
+/// saying so, is reported as a refused login as soon as it answers, by the
+/// send and by the start-up check, never as a connect timeout.
+#[tokio::test]
+async fn a_refused_login_is_reported_as_such_at_once() {
+    let sink = SmtpSink::start_with(SinkOptions {
+        credentials: Some(("user".into(), "right".into())),
+        auth_refusal_delay: Duration::from_millis(500),
+        ..SinkOptions::default()
+    })
+    .await;
+    let transport = Transport::from_url(
+        Some(&format!("smtp://user:wrong@{}", sink.addr())),
+        Path::new("unused-outbox"),
+        2,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+
+    let started = Instant::now();
+    let checked = transport.check().await;
+    assert_eq!(checked.len(), 1);
+    let (relay, checked) = checked.into_iter().next().unwrap();
+    assert_eq!(relay, sink.addr().to_string());
+    let checked = checked.unwrap_err();
+    let reason = transient(transport.send(&message("user@example.org", "1")).await);
+    let both = started.elapsed();
+
+    let checked = without_relay(checked.reason().to_owned());
+    for said in [checked.as_str(), reason.as_str()] {
+        assert_eq!(
+            said,
+            "AUTH refused: 535 5.7.8 Authentication credentials invalid \
+             (check the user and password in SMTP_URL)"
+        );
+    }
+    // Two refusals at the relay's own pace, nowhere near the 10 s timeout.
+    assert!(both < Duration::from_secs(3), "{both:?}");
+    assert!(sink.messages().is_empty());
+
+    // One loud line for the change, not one per mail; it names the relay
+    // and its reply, never the credentials.
+    let logs = logs.text();
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("the SMTP relay refused our login"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{logs}");
+    assert!(refusals[0].contains("ERROR"), "{logs}");
+    assert!(refusals[0].contains(&sink.addr().to_string()), "{logs}");
+    assert!(refusals[0].contains("535 5.7.8"), "{logs}");
+    assert!(!logs.contains("wrong"), "{logs}");
+}
+
+/// Log output of one test, for assertions on what was written.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A relay that says nothing after AUTH is named by that step when the
+/// setup times out, so it cannot be mistaken for an unreachable host.
+#[tokio::test]
+async fn a_setup_that_times_out_names_the_step_it_was_in() {
+    let sink = SmtpSink::start_with(SinkOptions {
+        credentials: Some(("user".into(), "right".into())),
+        auth_refusal_delay: Duration::from_secs(5),
+        ..SinkOptions::default()
+    })
+    .await;
+    let transport = Transport::from_url(
+        Some(&format!("smtp://user:wrong@{}", sink.addr())),
+        Path::new("unused-outbox"),
+        1,
+        Duration::from_millis(300),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let reason = transient(transport.send(&message("user@example.org", "1")).await);
+    assert_eq!(reason, "AUTH: no reply within 300ms");
+}
+
+#[tokio::test]
+async fn the_start_up_check_passes_for_a_working_relay_and_the_outbox() {
+    let sink = SmtpSink::start_with(SinkOptions {
+        credentials: Some(("user".into(), "right".into())),
+        ..SinkOptions::default()
+    })
+    .await;
+    let checked = smtp(&format!("smtp://user:right@{}", sink.addr()))
+        .check()
+        .await;
+    assert_eq!(checked, [(sink.addr().to_string(), Ok(()))]);
+    assert_eq!(sink.connections(), 1);
+    let outbox = tempfile::tempdir().unwrap();
+    let files = Transport::from_url(None, outbox.path(), 1, WAIT, WAIT).unwrap();
+    assert!(files.check().await.is_empty());
 }
 
 #[tokio::test]
@@ -423,4 +563,125 @@ fn transport_and_its_send_future_can_cross_tasks() {
     let msg = message("user@example.org", "1");
     let future = transport.send(&msg);
     send(&future);
+}
+
+// --- several relays (issue 25) ---------------------------------------------
+
+fn relays(urls: &[String], cooldown: Duration) -> Transport {
+    Transport::from_url(
+        Some(&urls.join(",")),
+        Path::new("unused-outbox"),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .with_relay_cooldown(cooldown)
+}
+
+/// A closed port: connections are refused.
+async fn refusing() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("smtp://{addr}")
+}
+
+#[tokio::test]
+async fn a_transient_failure_sends_the_same_message_through_the_next_relay_at_once() {
+    let first = SmtpSink::start().await;
+    let second = SmtpSink::start().await;
+    first.set_default(Behaviour::RejectRcpt("451 4.3.0 try later".into()));
+    let refused = refusing().await;
+    for urls in [
+        vec![first.url(), second.url()],
+        vec![refused.clone(), second.url()],
+    ] {
+        let transport = relays(&urls, Duration::from_secs(30));
+        let msg = message("user@example.org", "424242");
+        let started = Instant::now();
+        transport.send(&msg).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let sent_id = MailView::new(&msg.formatted())
+            .header("Message-ID")
+            .unwrap();
+        let got = second
+            .messages()
+            .last()
+            .unwrap()
+            .header("Message-ID")
+            .unwrap();
+        assert_eq!(got, sent_id, "the same message, Message-ID unchanged");
+    }
+    assert_eq!(second.messages().len(), 2);
+    assert!(first.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_permanent_reply_is_not_retried_on_another_relay() {
+    let first = SmtpSink::start().await;
+    let second = SmtpSink::start().await;
+    first.set_default(Behaviour::RejectRcpt("550 5.1.1 no such user".into()));
+    let transport = relays(&[first.url(), second.url()], Duration::from_secs(30));
+    let result = transport.send(&message("user@example.org", "1")).await;
+    let Err(SendError::Permanent(reason)) = result else {
+        panic!("expected a permanent error, got {result:?}");
+    };
+    assert_eq!(reason, format!("{}: 550 5.1.1 no such user", first.addr()));
+    assert!(second.messages().is_empty());
+    assert_eq!(second.connections(), 0);
+}
+
+#[tokio::test]
+async fn when_every_relay_fails_last_error_names_the_last_one_tried() {
+    let first = SmtpSink::start().await;
+    let second = SmtpSink::start().await;
+    first.set_default(Behaviour::RejectRcpt("451 4.3.0 first busy".into()));
+    second.set_default(Behaviour::RejectRcpt("452 4.3.1 second full".into()));
+    let transport = relays(&[first.url(), second.url()], Duration::from_secs(30));
+    let result = transport.send(&message("user@example.org", "1")).await;
+    let Err(SendError::Transient(reason)) = result else {
+        panic!("expected a transient error, got {result:?}");
+    };
+    assert_eq!(reason, format!("{}: 452 4.3.1 second full", second.addr()));
+}
+
+#[tokio::test]
+async fn a_failing_relay_is_skipped_for_the_cool_down_then_used_again() {
+    let first = SmtpSink::start().await;
+    let second = SmtpSink::start().await;
+    let cooldown = Duration::from_millis(600);
+    let transport = relays(&[first.url(), second.url()], cooldown);
+    first.stop().await;
+
+    // Three refused connections in a row open the breaker...
+    for _ in 0..3 {
+        transport
+            .send(&message("user@example.org", "1"))
+            .await
+            .unwrap();
+    }
+    first.restart().await;
+    let before = first.connections();
+    // ...so the next sends go straight to the second relay, untried.
+    for _ in 0..3 {
+        transport
+            .send(&message("user@example.org", "2"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(first.connections(), before, "skipped during the cool-down");
+    assert_eq!(second.messages().len(), 6);
+
+    tokio::time::sleep(cooldown + Duration::from_millis(100)).await;
+    transport
+        .send(&message("user@example.org", "3"))
+        .await
+        .unwrap();
+    transport
+        .send(&message("user@example.org", "4"))
+        .await
+        .unwrap();
+    assert_eq!(first.messages().len(), 2, "probed, then used again");
+    assert_eq!(second.messages().len(), 6);
 }

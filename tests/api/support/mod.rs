@@ -2,6 +2,7 @@
 //! intake on port 0, a cuttable TCP proxy, and broker helpers.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod own_postgres;
 pub mod own_process;
 pub mod proxy;
 
@@ -149,6 +150,15 @@ pub async fn assert_open_means_sealed(pool: &PgPool) {
         unbounded.is_empty(),
         "open rows whose sweep_at is not at or before next_attempt_at: {unbounded:?}"
     );
+}
+
+/// A loopback port free at the time of asking, for a process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn unique_prefix() -> String {
@@ -388,6 +398,7 @@ pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worke
         outbox_retention: Duration::from_secs(3600),
         smtp_connections: 4,
         smtp_timeout: Duration::from_secs(5),
+        smtp_cooldown: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         sweep_interval: Duration::from_secs(3600),
         sweep_grace: Duration::from_secs(60),

@@ -15,3 +15,4 @@ pub mod partners;
 pub mod revocations;
 pub mod send_replays;
 pub mod tokens;
+pub mod webhooks;

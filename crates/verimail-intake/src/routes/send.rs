@@ -16,11 +16,14 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 use verimail_domain::code::Code;
-use verimail_domain::{ErrorCode, SendRequest};
+use verimail_domain::{DispatchStatus, ErrorCode, SendRequest};
 use verimail_infra::publisher::Route;
 use verimail_infra::store::dispatches::{self as store, Admission, NewDispatch};
 
+use std::time::Duration;
+
 use crate::error::{ApiError, Result};
+use crate::first_attempts;
 use crate::replays;
 use crate::request_id::{self, RequestId};
 use crate::routes::AuthenticatedJson;
@@ -38,10 +41,17 @@ pub async fn send(
             format!("Parameter error. {why}."),
         )
     })?;
+    let wait = first_attempts::requested_wait(
+        headers
+            .get_all(PREFER)
+            .iter()
+            .filter_map(|value| value.to_str().ok()),
+    );
     let (answer_to, answer) = oneshot::channel();
     tokio::spawn(
         async move {
-            let (result, after) = answer_send(&state, id, caller.partner_id, key, &body).await;
+            let (result, after) =
+                answer_send(&state, id, caller.partner_id, key, &body, wait).await;
             let _ = answer_to.send(result);
             if let After::VoidUnconfirmed = after {
                 void_unconfirmed(&state.pool, id).await;
@@ -68,9 +78,10 @@ async fn answer_send(
     partner_id: Uuid,
     key: Option<String>,
     body: &[u8],
+    wait: Option<Duration>,
 ) -> (Result<Response>, After) {
     let Some(key) = key else {
-        return send_once(state, id, partner_id, body).await;
+        return send_once(state, id, partner_id, body, wait).await;
     };
     let claim = match replays::claim(&state.pool, partner_id, &key, body, id).await {
         Ok(claim) => claim,
@@ -78,7 +89,7 @@ async fn answer_send(
     };
     let answer = match claim {
         replays::Claim::First => {
-            let (result, after) = send_once(state, id, partner_id, body).await;
+            let (result, after) = send_once(state, id, partner_id, body, wait).await;
             let accepted = result.is_ok();
             if let Err(error) = replays::record(&state.pool, partner_id, &key, id, accepted).await {
                 tracing::warn!(
@@ -113,6 +124,7 @@ async fn send_once(
     id: Uuid,
     partner_id: Uuid,
     body: &[u8],
+    wait: Option<Duration>,
 ) -> (Result<Response>, After) {
     let request = match SendRequest::parse(body) {
         Ok(request) => request,
@@ -120,6 +132,7 @@ async fn send_once(
     };
     if let Some(depth) = state.backlog.over_limit() {
         tracing::debug!(depth, "shedding a send: the workers are behind");
+        metrics::counter!(verimail_infra::metrics::SHED, "reason" => "backlog").increment(1);
         let busy = ApiError::busy(
             "The service is busy: too many codes are waiting to be sent. Try again later.",
             crate::backlog::RETRY_AFTER_SECS,
@@ -127,11 +140,66 @@ async fn send_once(
         return (Err(busy), After::Nothing);
     }
     tracing::debug!(%partner_id, email = verimail_infra::telemetry::redact(request.email.as_str()), "send accepted for checks");
-    match record_and_hand_off(state, id, partner_id, &request).await {
-        Ok(()) => (Ok(StatusCode::NO_CONTENT.into_response()), After::Nothing),
+    // Registered before the message exists, so no announcement comes
+    // before its listener; beyond the bound, the send does not wait.
+    let waiting = wait.and_then(|wait| Some((wait, state.waiters.register(id)?)));
+    match record_and_hand_off(state, id, partner_id, &request, waiting.is_some()).await {
+        Ok(()) => match waiting {
+            None => (Ok(StatusCode::NO_CONTENT.into_response()), After::Nothing),
+            Some((wait, waiting)) => {
+                waiting.until_announced(wait).await;
+                (
+                    Ok(waited_answer(state, id, partner_id, wait).await),
+                    After::Nothing,
+                )
+            }
+        },
         Err((error, after)) => (Err(error), after),
     }
 }
+
+/// The answer of a send that waited (`Prefer: wait=N`): where its dispatch
+/// stands once the first attempt's outcome is recorded, or the wait is
+/// over. A relay that refused it for good makes it CBC.99004003, not
+/// counted toward the limit; anything else is a 204 (the mail is sent, or
+/// still on its way). `Preference-Applied` names the wait applied and
+/// `X-Dispatch-Status` the state, whenever the dispatch could be read.
+async fn waited_answer(state: &AppState, id: Uuid, partner_id: Uuid, wait: Duration) -> Response {
+    let status = match store::view::find(&state.pool, id, partner_id).await {
+        Ok(view) => view.map(|view| view.status),
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "reading the waited dispatch failed"
+            );
+            None
+        }
+    };
+    let mut response = if status == Some(DispatchStatus::Failed) {
+        if let Err(error) = store::awaited::uncount_failed(&state.pool, id).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "the refused send still counts toward the limit"
+            );
+        }
+        ApiError::new(ErrorCode::HandOffFailed).into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    let headers = response.headers_mut();
+    if let Ok(applied) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+        headers.insert(PREFERENCE_APPLIED, applied);
+    }
+    if let Some(status) = status {
+        headers.insert(DISPATCH_STATUS, HeaderValue::from_static(status.as_str()));
+    }
+    response
+}
+
+/// RFC 7240's request and response headers, and where a waited dispatch stands.
+const PREFER: &str = "prefer";
+const PREFERENCE_APPLIED: &str = "preference-applied";
+const DISPATCH_STATUS: &str = "x-dispatch-status";
 
 /// How long a possibly committed record is tried to be voided. The sweeper
 /// leaves a dispatch alone for its hand-off window plus its grace (a minute
@@ -157,6 +225,7 @@ async fn record_and_hand_off(
     id: Uuid,
     partner_id: Uuid,
     request: &SendRequest,
+    awaited: bool,
 ) -> std::result::Result<(), (ApiError, After)> {
     // The request id doubles as the dispatch id, so X-Request-Id of a 204
     // names the dispatch and every log line of the request carries it.
@@ -182,7 +251,12 @@ async fn record_and_hand_off(
         }
     };
 
-    let Err(error) = state.publisher.publish(id, Route::Dispatch).await else {
+    let published = if awaited {
+        state.publisher.publish_awaited(id).await
+    } else {
+        state.publisher.publish(id, Route::Dispatch).await
+    };
+    let Err(error) = published else {
         if older_waiting {
             // Best effort: a worker claiming either code settles it too.
             if let Err(error) = store::accept::supersede_older(&state.pool, id).await {

@@ -12,6 +12,7 @@ mod config;
 mod connect;
 mod error;
 mod pool;
+mod relays;
 
 use std::fmt;
 use std::path::Path;
@@ -21,7 +22,12 @@ use anyhow::{Context as _, bail};
 use lettre::{AsyncFileTransport, AsyncTransport as _, Message, Tokio1Executor};
 
 pub use self::error::SendError;
-use self::{config::SmtpConfig, pool::Pool};
+pub use self::relays::DEFAULT_COOLDOWN;
+use self::{
+    config::SmtpConfig,
+    pool::Pool,
+    relays::{Relay, Relays},
+};
 
 /// The one mail transport the worker uses.
 pub struct Transport {
@@ -33,14 +39,16 @@ enum Inner {
         dir: std::path::PathBuf,
         transport: AsyncFileTransport<Tokio1Executor>,
     },
-    Smtp(Pool),
+    Smtp(Relays),
 }
 
 impl Transport {
     /// `smtp_url` `None` writes each mail as `<uuid>.eml` into `outbox`
     /// (created if missing). Otherwise see the `SMTP_URL` forms in README's "Configuration":
     /// `smtp://host:port`, `smtp://host?tls=required|opportunistic|none`,
-    /// `smtps://user:pass@host` (user and password percent-decoded).
+    /// `smtps://user:pass@host` (user and password percent-decoded), or
+    /// several of those separated by commas: relays tried in order (see
+    /// `relays`), each with its own `max_connections`.
     ///
     /// `max_connections` bounds concurrent and idle SMTP sessions;
     /// `connect_timeout` bounds session setup (TCP, greeting, TLS, AUTH);
@@ -71,18 +79,35 @@ impl Transport {
         if max_connections == 0 {
             bail!("SMTP max connections must be at least 1");
         }
-        let config = SmtpConfig::parse(url).context("invalid SMTP_URL")?;
-        if config.sends_credentials_in_clear() {
-            tracing::warn!(smtp = %config, "SMTP credentials may be sent without TLS; use smtps:// or ?tls=required");
-        }
-        Ok(Self {
-            inner: Inner::Smtp(Pool::new(
+        let mut list = Vec::new();
+        for (i, url) in url.split(',').map(str::trim).enumerate() {
+            let config = SmtpConfig::parse(url)
+                .with_context(|| format!("invalid SMTP_URL (relay {})", i + 1))?;
+            if config.sends_credentials_in_clear() {
+                tracing::warn!(smtp = %config, "SMTP credentials may be sent without TLS; use smtps:// or ?tls=required");
+            }
+            list.push(Relay::new(Pool::new(
                 config,
                 max_connections,
                 connect_timeout,
                 command_timeout,
-            )),
+            )));
+        }
+        Ok(Self {
+            inner: Inner::Smtp(Relays {
+                list,
+                cooldown: DEFAULT_COOLDOWN,
+            }),
         })
+    }
+
+    /// How long a relay that failed several sends in a row is skipped
+    /// (`VERIMAIL_SMTP_COOLDOWN`).
+    pub fn with_relay_cooldown(mut self, cooldown: Duration) -> Self {
+        if let Inner::Smtp(relays) = &mut self.inner {
+            relays.cooldown = cooldown;
+        }
+        self
     }
 
     /// Sends one message to its envelope recipients.
@@ -98,8 +123,24 @@ impl Transport {
                 restrict(&dir.join(format!("{id}.eml")), 0o600)
                     .map_err(|e| SendError::Transient(format!("restricting an outbox file: {e}")))
             }
-            Inner::Smtp(pool) => pool.send(msg.envelope(), &msg.formatted()).await,
+            Inner::Smtp(relays) => relays.send(msg.envelope(), &msg.formatted()).await,
         }
+    }
+
+    /// Sets up one SMTP session (connect, TLS, greeting, AUTH) with every
+    /// relay and says goodbye: the worker's start-up check, so a relay that
+    /// refuses our login shows when the worker starts, not with the first
+    /// mail's retry. Each relay's `host:port` and outcome; none for the
+    /// outbox.
+    pub async fn check(&self) -> Vec<(String, Result<(), SendError>)> {
+        let Inner::Smtp(relays) = &self.inner else {
+            return Vec::new();
+        };
+        let mut checked = Vec::new();
+        for relay in &relays.list {
+            checked.push((relay.label.clone(), relay.pool.check().await));
+        }
+        checked
     }
 
     /// Removes `.eml` files older than `age` (they hold plain codes, and no
@@ -127,8 +168,10 @@ impl Transport {
     /// Says goodbye to idle SMTP sessions; call on shutdown. Safe to call
     /// more than once, and sending still works afterwards.
     pub async fn close(&self) {
-        if let Inner::Smtp(pool) = &self.inner {
-            pool.close_idle().await;
+        if let Inner::Smtp(relays) = &self.inner {
+            for relay in &relays.list {
+                relay.pool.close_idle().await;
+            }
         }
     }
 }
@@ -149,7 +192,15 @@ impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
             Inner::Files { dir, .. } => write!(f, ".eml files in {}", dir.display()),
-            Inner::Smtp(pool) => fmt::Display::fmt(pool.config(), f),
+            Inner::Smtp(relays) => {
+                for (i, relay) in relays.list.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", then ")?;
+                    }
+                    fmt::Display::fmt(relay.pool.config(), f)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -192,6 +243,7 @@ mod tls_tests {
         SmtpSink::start_with(SinkOptions {
             credentials: credentials.then(|| ("user".to_owned(), "pa:ss".to_owned())),
             tls: Some(tls),
+            ..SinkOptions::default()
         })
         .await
     }
@@ -212,7 +264,10 @@ mod tls_tests {
         };
         let pool = Pool::new(config, 2, Duration::from_secs(5), Duration::from_secs(5));
         Transport {
-            inner: Inner::Smtp(pool),
+            inner: Inner::Smtp(Relays {
+                list: vec![Relay::new(pool)],
+                cooldown: DEFAULT_COOLDOWN,
+            }),
         }
     }
 
@@ -275,7 +330,12 @@ mod tls_tests {
         .unwrap();
         let err = transport.send(&message()).await.unwrap_err();
         assert!(err.is_transient());
-        assert!(err.reason().starts_with("TLS handshake: "), "{err}");
+        let relay = implicit.addr().to_string();
+        assert!(
+            err.reason()
+                .starts_with(&format!("{relay}: TLS handshake: ")),
+            "{err}"
+        );
 
         let starttls = sink(SinkTls::StartTls, false).await;
         let transport = Transport::from_url(
@@ -287,7 +347,11 @@ mod tls_tests {
         )
         .unwrap();
         let err = transport.send(&message()).await.unwrap_err();
-        assert!(err.reason().starts_with("STARTTLS: "), "{err}");
+        let relay = starttls.addr().to_string();
+        assert!(
+            err.reason().starts_with(&format!("{relay}: STARTTLS: ")),
+            "{err}"
+        );
         assert!(implicit.messages().is_empty() && starttls.messages().is_empty());
     }
 }

@@ -1,5 +1,6 @@
-//! The worker's claims. A claim is one call of `claim_dispatch`
-//! (migrations/0004, 0011), which draws a fresh `ClaimToken`; every later
+//! The worker's claims. A claim is one call of `claim_dispatch_with_partner`
+//! (`claim_dispatch` of migrations/0004, 0011, 0013, with the partner in its
+//! answer since 0017), which draws a fresh `ClaimToken`; every later
 //! write of that claim presents the token, so a duplicate message, a second
 //! worker or a worker whose lease was taken over cannot move a dispatch twice.
 
@@ -16,6 +17,8 @@ use crate::batch::batch_else_each;
 /// A dispatch this worker owns, in domain types.
 #[derive(Debug)]
 pub struct Claimed {
+    /// Whose send it is: the mail goes out with that partner's sender.
+    pub partner_id: Uuid,
     pub email: Email,
     pub lang: Lang,
     pub ttl: CodeTtl,
@@ -24,9 +27,12 @@ pub struct Claimed {
     pub attempts: u32,
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// This claim took the dispatch over from a claim whose lease had run
+    /// out (its worker died or stalled).
+    pub taken_over: bool,
 }
 
-/// A claimed row as `claim_dispatch` returns it (every column of a
+/// A claimed row as `claim_dispatch_with_partner` returns it (every column of a
 /// set-returning function is nullable); decoded once into `Claimed`.
 struct ClaimReply {
     outcome: Option<String>,
@@ -39,6 +45,7 @@ struct ClaimReply {
     attempts: Option<i32>,
     created_at: Option<OffsetDateTime>,
     expires_at: Option<OffsetDateTime>,
+    partner_id: Option<Uuid>,
 }
 
 /// A worker's proof of ownership: drawn fresh for every claim and required
@@ -78,7 +85,7 @@ pub enum Claim {
 /// moment to renew, or to record the mail it already sent.
 pub const TAKEOVER_GRACE: Duration = Duration::from_secs(1);
 
-/// Claims the dispatch (see `claim_dispatch` in the migrations): one round
+/// Claims the dispatch (see `claim_dispatch_with_partner` in the migrations): one round
 /// trip that also voids this recipient's older waiting codes, or says why not.
 pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> anyhow::Result<Claim> {
     claim_batch(pool, &[id], lease)
@@ -120,7 +127,7 @@ async fn claim_batch(
     let replies = sqlx::query_as!(
         ClaimReply,
         "SELECT c.* FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS v(id, token, n)
-           CROSS JOIN LATERAL claim_dispatch(v.id, $3, v.token, $4) c
+           CROSS JOIN LATERAL claim_dispatch_with_partner(v.id, $3, v.token, $4) c
           ORDER BY v.n",
         &sorted_ids,
         &sorted_tokens,
@@ -150,6 +157,7 @@ impl ClaimReply {
         Ok(match self.outcome.as_deref().unwrap_or_default() {
             "claimed" => {
                 let (
+                    Some(partner_id),
                     Some(email),
                     Some(lang),
                     Some(ttl_minutes),
@@ -157,6 +165,7 @@ impl ClaimReply {
                     Some(created_at),
                     Some(expires_at),
                 ) = (
+                    self.partner_id,
                     self.email,
                     self.lang,
                     self.ttl_minutes,
@@ -168,6 +177,10 @@ impl ClaimReply {
                     anyhow::bail!("claim_dispatch answered a claim without the row");
                 };
                 let row = StoredRow {
+                    // A claim's `wait_secs`: how long ago the lease it took
+                    // over ran out (migrations/0013); NULL for a fresh claim.
+                    taken_over: self.wait_secs.is_some(),
+                    partner_id,
                     email,
                     lang,
                     ttl_minutes,
@@ -202,6 +215,7 @@ impl ClaimReply {
 
 /// A claimed row as the table stores it.
 struct StoredRow {
+    partner_id: Uuid,
     email: String,
     lang: String,
     ttl_minutes: i32,
@@ -209,6 +223,7 @@ struct StoredRow {
     attempts: i32,
     created_at: OffsetDateTime,
     expires_at: OffsetDateTime,
+    taken_over: bool,
 }
 
 impl TryFrom<StoredRow> for Claimed {
@@ -226,6 +241,7 @@ impl TryFrom<StoredRow> for Claimed {
         let attempts = u32::try_from(row.attempts)
             .map_err(|_| format!("the stored attempt count {} is negative", row.attempts))?;
         Ok(Self {
+            partner_id: row.partner_id,
             email,
             lang,
             ttl,
@@ -233,6 +249,7 @@ impl TryFrom<StoredRow> for Claimed {
             attempts,
             created_at: row.created_at,
             expires_at: row.expires_at,
+            taken_over: row.taken_over,
         })
     }
 }

@@ -2,9 +2,11 @@
 //! record and hand-off (`accept`), the status read (`view`), the code check
 //! (`check`), the worker's claims, lease renewals and outcomes (`claims`,
 //! `outcomes`, group-committed by `writes`), the sweeper's pick of overdue
-//! rows (`sweep`) and erasure (`erase`).
+//! rows (`sweep`), erasure (`erase`) and the age of the oldest dispatch
+//! waiting for a worker (`waiting`).
 
 pub mod accept;
+pub mod awaited;
 pub mod check;
 pub mod claims;
 pub mod erase;
@@ -13,6 +15,7 @@ pub mod partitions;
 pub mod report;
 pub mod sweep;
 pub mod view;
+pub mod waiting;
 pub mod writes;
 
 pub use accept::{Admission, NewDispatch, Records};

@@ -116,21 +116,10 @@ async fn finish_batch(pool: &PgPool, items: &[Finish]) -> anyhow::Result<HashSet
         .iter()
         .map(|f| f.outcome.status().is_terminal())
         .collect();
+    // finish_dispatches (migration 0015) holds the UPDATE: a plan that
+    // cannot turn into a scan of the day when the partition was small.
     let changed = sqlx::query_scalar!(
-        "UPDATE dispatches d
-            SET status = v.status,
-                last_error = v.reason,
-                lease_until = NULL,
-                claim_token = NULL,
-                sent_at = CASE WHEN v.status = $7 THEN now() ELSE d.sent_at END,
-                code_sealed = CASE WHEN v.terminal THEN NULL ELSE d.code_sealed END,
-                next_attempt_at = COALESCE(now() + make_interval(secs => v.retry_secs),
-                                           d.next_attempt_at),
-                updated_at = now()
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[], $6::bool[])
-                AS v(id, token, status, reason, retry_secs, terminal)
-          WHERE d.id = v.id AND d.claim_token = v.token AND d.status = $8
-         RETURNING d.id",
+        r#"SELECT id AS "id!" FROM finish_dispatches($1, $2, $3, $4, $5, $6, $7, $8) AS id"#,
         &ids,
         &tokens,
         &statuses,

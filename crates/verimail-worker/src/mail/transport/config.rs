@@ -68,6 +68,18 @@ impl fmt::Display for SmtpConfig {
     }
 }
 
+impl SmtpConfig {
+    /// `host:port` (IPv6 in brackets): how logs, `last_error` and metrics
+    /// name the relay, without its credentials.
+    pub(super) fn relay(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 impl fmt::Debug for SmtpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)

@@ -7,13 +7,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use lettre::transport::smtp::authentication::DEFAULT_MECHANISMS;
 #[allow(deprecated)] // see `ImplicitTls`
 use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
@@ -61,50 +61,78 @@ pub(super) async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
     Ok(tcp)
 }
 
-/// Connects, greets, secures and authenticates as the config asks.
-/// Not time-bounded here: the pool wraps the whole setup in one timeout.
-pub(super) async fn open(config: &SmtpConfig) -> Result<AsyncSmtpConnection, ConnectError> {
-    let tcp = dial(&config.host, config.port)
-        .await
-        .map_err(at("connect"))?;
+/// The steps of a session's setup, in order, as `last_error` names them.
+const STEPS: [&str; 5] = [
+    "connect",
+    "TLS handshake",
+    "greeting/EHLO",
+    "STARTTLS",
+    "AUTH",
+];
 
-    let mut conn = match &config.security {
+/// How far a session's setup got, readable after its future was dropped by
+/// a timeout: a relay that answers a refused login only after a long pause
+/// (a tarpit) must not read as a dead network.
+#[derive(Debug, Default)]
+pub(super) struct Progress(AtomicU8);
+
+impl Progress {
+    fn enter(&self, step: &'static str) -> &'static str {
+        let index = STEPS.iter().position(|s| *s == step).unwrap_or(0);
+        self.0.store(index as u8, Ordering::Relaxed);
+        step
+    }
+
+    /// The step the setup was in (or failed in).
+    pub(super) fn step(&self) -> &'static str {
+        STEPS[usize::from(self.0.load(Ordering::Relaxed)).min(STEPS.len() - 1)]
+    }
+}
+
+/// Connects, greets, secures and authenticates as the config asks, noting
+/// each step in `progress`. Not time-bounded here: the pool wraps the whole
+/// setup in one timeout.
+pub(super) async fn open(
+    config: &SmtpConfig,
+    progress: &Progress,
+) -> Result<AsyncSmtpConnection, ConnectError> {
+    let step = progress.enter("connect");
+    let tcp = dial(&config.host, config.port).await.map_err(at(step))?;
+
+    let stream: Box<dyn AsyncTokioStream> = match &config.security {
         Security::Implicit(tls) => {
+            let step = progress.enter("TLS handshake");
             let stream = ImplicitTls::handshake(tcp, tls.clone())
                 .await
-                .map_err(at("TLS handshake"))?;
-            greet(Box::new(stream), &config.hello).await?
+                .map_err(at(step))?;
+            Box::new(stream)
         }
-        _ => greet(Box::new(tcp), &config.hello).await?,
+        _ => Box::new(tcp),
     };
+    let step = progress.enter("greeting/EHLO");
+    let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &config.hello)
+        .await
+        .map_err(at(step))?;
 
-    match &config.security {
-        Security::Required(tls) => conn
-            .starttls(tls.clone(), &config.hello)
+    let starttls = match &config.security {
+        Security::Required(tls) => Some(tls),
+        Security::Opportunistic(tls) if conn.can_starttls() => Some(tls),
+        _ => None,
+    };
+    if let Some(tls) = starttls {
+        let step = progress.enter("STARTTLS");
+        conn.starttls(tls.clone(), &config.hello)
             .await
-            .map_err(at("STARTTLS"))?,
-        Security::Opportunistic(tls) if conn.can_starttls() => conn
-            .starttls(tls.clone(), &config.hello)
-            .await
-            .map_err(at("STARTTLS"))?,
-        _ => {}
+            .map_err(at(step))?;
     }
 
     if let Some(credentials) = &config.credentials {
+        let step = progress.enter("AUTH");
         conn.auth(DEFAULT_MECHANISMS, credentials)
             .await
-            .map_err(at("AUTH"))?;
+            .map_err(at(step))?;
     }
     Ok(conn)
-}
-
-async fn greet(
-    stream: Box<dyn AsyncTokioStream>,
-    hello: &ClientId,
-) -> Result<AsyncSmtpConnection, ConnectError> {
-    AsyncSmtpConnection::connect_with_transport(stream, hello)
-        .await
-        .map_err(at("greeting/EHLO"))
 }
 
 /// An implicit-TLS stream over our own NODELAY socket.

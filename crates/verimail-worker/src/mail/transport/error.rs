@@ -57,12 +57,46 @@ pub(super) fn session_was_dead(e: &lettre::transport::smtp::Error) -> bool {
 /// always transient, even with a 5xx reply: they describe the server or our
 /// configuration, not the message, and failing every queued dispatch at once
 /// on, say, a rotated password would be worse than retrying until fixed.
+/// A refused login says so in words an operator acts on.
 pub(super) fn from_connect(e: &ConnectError) -> SendError {
     let cause = match &e.source {
         ConnectCause::Io(io) => io.to_string(),
         ConnectCause::Smtp(smtp) => describe(smtp),
     };
+    if e.login_refused() {
+        return SendError::Transient(format!(
+            "AUTH refused: {cause} (check the user and password in SMTP_URL)"
+        ));
+    }
     SendError::Transient(format!("{}: {cause}", e.step))
+}
+
+impl ConnectError {
+    /// The relay answered our AUTH with a negative reply (535 bad
+    /// credentials, 534/538 mechanism or TLS needed, 530…): it is up, and
+    /// will keep refusing until the configuration changes.
+    pub(super) fn login_refused(&self) -> bool {
+        self.step == "AUTH"
+            && matches!(&self.source, ConnectCause::Smtp(e) if e.is_permanent() || e.is_transient())
+    }
+
+    /// The relay's reply, for the log line; never holds a credential.
+    pub(super) fn reply(&self) -> String {
+        match &self.source {
+            ConnectCause::Io(io) => io.to_string(),
+            ConnectCause::Smtp(smtp) => describe(smtp),
+        }
+    }
+}
+
+/// A session whose setup did not finish in time, named by the step it was
+/// in: a relay that pauses before refusing a login reads as `AUTH: no
+/// reply…`, not as an unreachable network.
+pub(super) fn setup_timed_out(step: &str, after: Duration) -> SendError {
+    if step == "connect" {
+        return timed_out("SMTP connect", after);
+    }
+    SendError::Transient(format!("{step}: no reply within {after:?}"))
 }
 
 pub(super) fn timed_out(step: &str, after: Duration) -> SendError {

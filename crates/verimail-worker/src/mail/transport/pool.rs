@@ -7,6 +7,7 @@
 //! are replaced when dead or idle for too long, and dropped after any failed
 //! transaction (lettre has already sent QUIT on such sessions).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ pub(super) struct Pool {
     idle: Mutex<Vec<Idle>>,
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// Whether the last session setup ended in a refused login, so the
+    /// loud log line is written once per change, not once per mail.
+    login_refused: AtomicBool,
 }
 
 struct Idle {
@@ -60,6 +64,7 @@ impl Pool {
             idle: Mutex::new(Vec::with_capacity(max_connections)),
             connect_timeout,
             command_timeout,
+            login_refused: AtomicBool::new(false),
         }
     }
 
@@ -100,6 +105,13 @@ impl Pool {
         }
     }
 
+    /// Opens a session and closes it again (see `Transport::check`).
+    pub(super) async fn check(&self) -> Result<(), SendError> {
+        let mut conn = self.open().await?;
+        let _ = timeout(self.command_timeout, conn.quit()).await;
+        Ok(())
+    }
+
     /// Closes idle sessions politely (worker shutdown). Sessions in use are
     /// closed by their senders as usual; new sends still work afterwards.
     pub(super) async fn close_idle(&self) {
@@ -138,14 +150,31 @@ impl Pool {
         Ok((self.open().await?, true))
     }
 
+    /// A new session, set up within `connect_timeout`.
     async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
-        match timeout(self.connect_timeout, connect::open(&self.config)).await {
+        let progress = connect::Progress::default();
+        match timeout(self.connect_timeout, connect::open(&self.config, &progress)).await {
             Ok(Ok(conn)) => {
                 tracing::debug!(smtp = %self.config, "opened an SMTP session");
+                if self.login_refused.swap(false, Ordering::Relaxed) {
+                    tracing::info!(smtp = %self.config, "the SMTP relay accepts our login again");
+                }
                 Ok(conn)
             }
-            Ok(Err(e)) => Err(error::from_connect(&e)),
-            Err(_) => Err(error::timed_out("SMTP connect", self.connect_timeout)),
+            Ok(Err(e)) => {
+                if e.login_refused() && !self.login_refused.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        smtp = %self.config,
+                        reply = %e.reply(),
+                        "the SMTP relay refused our login: check the user and password in SMTP_URL"
+                    );
+                }
+                Err(error::from_connect(&e))
+            }
+            Err(_) => Err(error::setup_timed_out(
+                progress.step(),
+                self.connect_timeout,
+            )),
         }
     }
 
