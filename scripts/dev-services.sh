@@ -67,7 +67,11 @@ else
   for _ in 1 2 3 4 5; do tcp_open 127.0.0.1 5672 && break; sleep 1; done
   if ! tcp_open 127.0.0.1 5672; then
     if with_systemd; then as_root systemctl start rabbitmq-server || true
-    else as_root rabbitmq-server -detached || true; fi
+    # Through the Debian wrapper's `su` the broker gets PAM's soft limit of
+    # 1024 files (927 handles), too few for long test runs: raise it in the
+    # shell `su` runs (scripts/broker-hygiene.sh explains).
+    else as_root su rabbitmq -s /bin/sh -c \
+      "ulimit -n $(ulimit -Hn) 2>/dev/null; exec /usr/sbin/rabbitmq-server -detached" || true; fi
   fi
   wait_for RabbitMQ 90 tcp_open 127.0.0.1 5672
 fi
