@@ -30,8 +30,9 @@ amqp_answers() {
     [ "$(head -c 1 <&3 | od -An -tx1 | tr -d " ")" = 01 ]' 2>/dev/null
 }
 wait_answers() {
-  for _ in $(seq 120); do amqp_answers && return 0; sleep 1; done
-  echo "FATAL: RabbitMQ did not answer an AMQP handshake within 120 s" >&2
+  # A broker recovering thousands of queues takes minutes.
+  for _ in $(seq 300); do amqp_answers && return 0; sleep 1; done
+  echo "FATAL: RabbitMQ did not answer an AMQP handshake within 300 s" >&2
   tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
   exit 1
 }
@@ -60,6 +61,12 @@ soft_files() {
 
 if [ "${1:-}" = --restart ]; then start_broker; exit 0; fi
 
+answering=0
+for _ in $(seq 60); do amqp_answers && { answering=1; break; }; sleep 1; done
+if [ "$answering" = 0 ]; then
+  echo "RabbitMQ has not answered an AMQP handshake for 60 s: restarting it" >&2
+  start_broker
+fi
 now=$(soft_files || true)
 if [ -n "$now" ] && [ "$now" -lt "$WANTED_FILES" ] && ! with_systemd \
     && [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -ge "$WANTED_FILES" ]; then
