@@ -36,13 +36,19 @@ wait_answers() {
   tail -n 40 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
   exit 1
 }
+broker_pid() { timeout 20 rabbitmqctl -q eval 'os:getpid().' 2>/dev/null | tr -dc 0-9; }
 with_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
 
 start_broker() {
   if with_systemd; then as_root systemctl restart rabbitmq-server; wait_answers; return; fi
+  # Its VM's command line does not name the node: ask it for its pid.
+  local pid
+  pid=$(broker_pid || true)
   timeout 60 rabbitmqctl stop >/dev/null 2>&1 || true
-  for _ in $(seq 30); do pgrep -f 'beam.*rabbit@localhost' >/dev/null || break; sleep 1; done
-  pkill -KILL -f 'beam.*rabbit@localhost' 2>/dev/null || true
+  if [ -n "$pid" ]; then
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    as_root kill -KILL "$pid" 2>/dev/null || true
+  fi
   local files
   files=$(ulimit -Hn)
   [ "$files" = unlimited ] && files=65536
@@ -55,7 +61,7 @@ start_broker() {
 
 soft_files() {
   local pid
-  pid=$(ctl eval 'os:getpid().' 2>/dev/null | tr -dc 0-9)
+  pid=$(broker_pid)
   [ -n "$pid" ] && awk '/Max open files/ {print $4}' "/proc/$pid/limits"
 }
 
