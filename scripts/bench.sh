@@ -29,6 +29,11 @@
 #                               every intake and worker exporting its spans over
 #                               OTLP/HTTP to a receiver this script runs
 #                               (OTEL_EXPORTER_OTLP_ENDPOINT), side by side
+#   --compare-webhooks          the whole run twice: no webhook endpoint first,
+#                               then the bench partner's endpoint set to a
+#                               receiver that accepts connections and never
+#                               answers (every event times out and is retried),
+#                               side by side
 #   --perf  (or BENCH_PERF=1)   perf-record the intake in phase 2, a worker and
 #                               the whole machine in phase 4 (needs `perf`; the
 #                               release build's symbols and unwind tables are
@@ -58,6 +63,7 @@ COMPARE=0
 COMPARE_WITH=""
 COMPARE_DKIM=""
 COMPARE_TRACING=""
+COMPARE_WEBHOOKS=""
 want_with=0
 for arg in "$@"; do
   if [ "$want_with" = 1 ]; then COMPARE_WITH=$arg want_with=0; continue; fi
@@ -68,6 +74,7 @@ for arg in "$@"; do
     --compare-dkim) COMPARE_DKIM=rsa ;;
     --compare-dkim=ed25519) COMPARE_DKIM=ed25519 ;;
     --compare-tracing) COMPARE_TRACING=1 ;;
+    --compare-webhooks) COMPARE_WEBHOOKS=1 ;;
     --smoke) SMOKE=1 ;;
     --perf) PERF=1 ;;
     --keep) KEEP=1 ;;
@@ -111,7 +118,7 @@ if [ "$COMPARE" = 1 ]; then
   echo "run directory: $OUT" >&2
   exit 0
 fi
-if [ -n "$COMPARE_WITH$COMPARE_DKIM$COMPARE_TRACING" ]; then
+if [ -n "$COMPARE_WITH$COMPARE_DKIM$COMPARE_TRACING$COMPARE_WEBHOOKS" ]; then
   pass=()
   [ "$SMOKE" = 1 ] && pass+=(--smoke)
   [ "$KEEP" = 1 ] && pass+=(--keep)
@@ -121,6 +128,26 @@ if [ -n "$COMPARE_WITH$COMPARE_DKIM$COMPARE_TRACING" ]; then
     BENCH_VERIMAIL=$(cd "$(dirname "$COMPARE_WITH")" && pwd)/$(basename "$COMPARE_WITH") \
       BENCH_COMMIT=$base_label BENCH_OUT=$OUT/base "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
     env -u BENCH_COMMIT BENCH_OUT=$OUT/other "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+  elif [ -n "$COMPARE_WEBHOOKS" ]; then
+    base_label=no-webhooks other_label=dead-endpoint
+    env -u BENCH_WEBHOOK_URL BENCH_OUT=$OUT/base "${BASH_SOURCE[0]}" "${pass[@]}" || exit $?
+    # A receiver that accepts every connection and never says a word.
+    hole_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    python3 - "$hole_port" <<'PY' &
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(4096)
+held = []
+while True:
+    held.append(s.accept()[0])
+    held = held[-20000:]
+PY
+    hole_pid=$!
+    BENCH_WEBHOOK_URL=http://127.0.0.1:$hole_port/hooks \
+      BENCH_OUT=$OUT/other "${BASH_SOURCE[0]}" "${pass[@]}" || { kill "$hole_pid"; exit 1; }
+    kill "$hole_pid" 2>/dev/null || true
   elif [ -n "$COMPARE_TRACING" ]; then
     base_label=no-export other_label=otlp-export
     env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
@@ -472,6 +499,13 @@ export SMTP_URL=smtp://$SINK_ADDR
 PARTNER_JSON=$("$VERIMAIL" partner create --name bench 2>>"$OUT/cli.log") || die "verimail partner create"
 PARTNER=$(echo "$PARTNER_JSON" | sed -n 's/.*"partner_id":"\([^"]*\)".*/\1/p')
 [ -n "$PARTNER" ] || die "no partner_id in: $PARTNER_JSON"
+if [ -n "${BENCH_WEBHOOK_URL:-}" ]; then
+  # Every worker delivers to it too, though it is on loopback.
+  export VERIMAIL_WEBHOOK_ALLOW_INSECURE=true
+  "$VERIMAIL" webhook set --partner "$PARTNER" --url "$BENCH_WEBHOOK_URL" >/dev/null 2>>"$OUT/cli.log" ||
+    die "verimail webhook set"
+  echo "webhook endpoint of the bench partner: $BENCH_WEBHOOK_URL"
+fi
 case $AUTH in
   token)
     TOKEN_JSON=$("$VERIMAIL" token issue --partner "$PARTNER" --ttl 24h 2>>"$OUT/cli.log") || die "verimail token issue"

@@ -80,8 +80,15 @@ enum WebhookCommand {
         #[arg(long)]
         url: String,
     },
-    /// Remove a partner's endpoint: no more deliveries to it.
+    /// Remove a partner's endpoint: no more deliveries to it (its
+    /// undelivered events go with it).
     Remove {
+        #[arg(long)]
+        partner: Uuid,
+    },
+    /// Show a partner's endpoint: url, whether it is disabled (it answered
+    /// 410 Gone) and why, and its undelivered events. No secret.
+    Show {
         #[arg(long)]
         partner: Uuid,
     },
@@ -320,7 +327,8 @@ async fn maintain(env: &dyn Source, common: &config::Common) -> anyhow::Result<(
         .collect();
     let covered_until = report.covered_until.format(&Rfc3339)?;
     print(json!({"created": report.created, "dropped": dropped,
-                 "partitions": report.partitions, "covered_until": covered_until}));
+                 "partitions": report.partitions, "covered_until": covered_until,
+                 "webhook_events_deleted": report.webhook_events_deleted}));
     Ok(())
 }
 
@@ -334,6 +342,7 @@ async fn forget(env: &dyn Source, common: &config::Common, email: &str) -> anyho
                  "dispatch_rows": erased.dispatch_rows(),
                  "partitions": erased.dispatches,
                  "replay_records": erased.replays,
+                 "webhook_events": erased.webhook_events,
                  "outbox_files": erased.outbox_files}));
     Ok(())
 }
@@ -533,6 +542,21 @@ async fn webhook(
                 anyhow::bail!("partner {partner} has no webhook endpoint");
             }
             print(json!({"partner_id": partner, "removed": true}));
+        }
+        WebhookCommand::Show { partner } => {
+            let pool = db::pool(&common.db())?;
+            let Some(endpoint) = webhooks::get(&pool, partner).await? else {
+                anyhow::bail!("partner {partner} has no webhook endpoint");
+            };
+            let pending =
+                verimail_infra::store::webhook_events::pending_for(&pool, partner).await?;
+            let disabled_at = endpoint
+                .disabled_at
+                .map(|at| at.format(&Rfc3339))
+                .transpose()?;
+            print(json!({"partner_id": partner, "url": endpoint.url,
+                         "disabled_at": disabled_at, "disabled_reason": endpoint.disabled_reason,
+                         "pending_events": pending}));
         }
     }
     Ok(())

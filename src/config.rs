@@ -202,7 +202,12 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "VERIMAIL_WEBHOOK_ALLOW_INSECURE",
         "false",
-        "true lets `webhook set` take http:// URLs and hosts in this side's own network (loopback, private, link-local, metadata): for tests and compose only",
+        "true lets `webhook set` take, and workers deliver to, http:// URLs and hosts in this side's own network (loopback, private, link-local, metadata): for tests and compose only",
+    ),
+    (
+        "VERIMAIL_WEBHOOK_RETRY_SCHEDULE",
+        "5s,30s,2m,10m,1h,6h",
+        "waits between a webhook event's delivery attempts, the last one repeating, for up to 3 days from the event",
     ),
     // Tracing (OpenTelemetry's own variable names; the exporter also reads
     // OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT and their _TRACES_ forms).
@@ -519,6 +524,8 @@ pub struct Worker {
     pub sweep_grace: Duration,
     pub retention: Duration,
     pub maintenance_interval: Duration,
+    pub webhook_schedule: verimail_domain::webhook::DeliverySchedule,
+    pub webhook_allow_insecure: bool,
 }
 
 impl Worker {
@@ -550,6 +557,15 @@ impl Worker {
             sweep_grace: read(src, "VERIMAIL_SWEEP_GRACE", duration)?,
             retention: retention(src)?,
             maintenance_interval: read(src, "VERIMAIL_MAINTENANCE_INTERVAL", duration)?,
+            webhook_schedule: read(src, "VERIMAIL_WEBHOOK_RETRY_SCHEDULE", |s| {
+                let waits = s
+                    .split(',')
+                    .map(|d| duration(d.trim()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                verimail_domain::webhook::DeliverySchedule::new(waits)
+                    .ok_or_else(|| "expected one wait at least, like 5s,30s,2m".to_owned())
+            })?,
+            webhook_allow_insecure: webhook_allow_insecure(src)?,
         })
         .and_then(Self::checked)
     }
@@ -660,6 +676,11 @@ impl Worker {
             retention: self.retention,
             maintenance_interval: self.maintenance_interval,
             metrics_listen: Some(self.metrics_listen),
+            webhooks: verimail_worker::webhooks::WebhookSettings {
+                schedule: self.webhook_schedule.clone(),
+                allow_insecure: self.webhook_allow_insecure,
+                ..Default::default()
+            },
         }
     }
 }

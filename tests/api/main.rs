@@ -38,5 +38,6 @@ mod relays;
 mod schema;
 mod sweep;
 mod trace_export;
+mod webhook_delivery;
 mod webhooks;
 mod worker_core;

@@ -14,6 +14,7 @@ use verimail_domain::webhook::{self, WebhookSecret};
 use verimail_infra::store::webhooks;
 use verimail_intake::accounts::AccountKind;
 
+use crate::support::webhook_receiver::{reference_verdicts, webhook_python};
 use crate::support::*;
 
 fn verimail(db: &TestDb, args: &[&str], vars: &[(&str, &str)]) -> Output {
@@ -168,56 +169,6 @@ async fn webhook_set_shows_the_secret_once_stores_it_sealed_and_rotates() {
     let again = verimail(&db, &["webhook", "remove", "--partner", &partner_id], &[]);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("has no webhook endpoint"));
-}
-
-/// The interpreter of a virtualenv with the `standardwebhooks` package;
-/// `.ci/run` makes one and sets `VERIMAIL_WEBHOOK_PYTHON`.
-fn webhook_python() -> Option<String> {
-    match std::env::var("VERIMAIL_WEBHOOK_PYTHON") {
-        Ok(python) => Some(python),
-        Err(_) if std::env::var("CI").is_ok() => {
-            panic!("CI must set VERIMAIL_WEBHOOK_PYTHON (see .ci/run)")
-        }
-        Err(_) => {
-            eprintln!(
-                "SKIPPED: set VERIMAIL_WEBHOOK_PYTHON to a python with the standardwebhooks package"
-            );
-            None
-        }
-    }
-}
-
-/// The official library's verdict on each delivery (body, headers).
-fn reference_verdicts(python: &str, secret: &str, deliveries: &[(String, Value)]) -> Vec<bool> {
-    use std::io::Write as _;
-    let deliveries: Vec<Value> = deliveries
-        .iter()
-        .map(|(body, headers)| json!({"body": body, "headers": headers}))
-        .collect();
-    let mut child = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/webhooks/verify.py"
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let request = json!({"secret": secret, "deliveries": deliveries}).to_string();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "verify.py: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[test]

@@ -165,6 +165,37 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
+/// When a failed delivery is tried again, and when it is given up
+/// (`VERIMAIL_WEBHOOK_RETRY_SCHEDULE`: the waits after each failed attempt,
+/// the last one repeating, for up to three days from the event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySchedule {
+    waits: Vec<std::time::Duration>,
+    give_up_after: std::time::Duration,
+}
+
+impl DeliverySchedule {
+    /// How long an event is retried for.
+    pub const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(3 * 24 * 3600);
+
+    /// `None` for an empty list.
+    pub fn new(waits: Vec<std::time::Duration>) -> Option<Self> {
+        (!waits.is_empty()).then_some(Self {
+            waits,
+            give_up_after: Self::GIVE_UP_AFTER,
+        })
+    }
+
+    /// The wait before the next attempt once `attempt` (1 for the first)
+    /// failed, for an event `age` old; `None` once that would be past the
+    /// retry window: the event is given up.
+    pub fn next(&self, attempt: u32, age: std::time::Duration) -> Option<std::time::Duration> {
+        let index = (attempt.max(1) as usize - 1).min(self.waits.len() - 1);
+        let wait = self.waits[index];
+        (age + wait <= self.give_up_after).then_some(wait)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +294,20 @@ mod tests {
         ] {
             assert_eq!(refused_address(public.parse().expect("an address")), None);
         }
+    }
+
+    #[test]
+    fn the_last_wait_repeats_until_three_days_are_over() {
+        use std::time::Duration;
+        let secs = Duration::from_secs;
+        let schedule = DeliverySchedule::new(vec![secs(5), secs(30), secs(3600)]).unwrap();
+        assert_eq!(schedule.next(1, secs(0)), Some(secs(5)));
+        assert_eq!(schedule.next(2, secs(5)), Some(secs(30)));
+        assert_eq!(schedule.next(3, secs(40)), Some(secs(3600)));
+        assert_eq!(schedule.next(50, secs(3600)), Some(secs(3600)));
+        let window = DeliverySchedule::GIVE_UP_AFTER;
+        assert_eq!(schedule.next(9, window - secs(3600)), Some(secs(3600)));
+        assert_eq!(schedule.next(9, window - secs(3599)), None);
+        assert!(DeliverySchedule::new(Vec::new()).is_none());
     }
 }

@@ -45,6 +45,18 @@ pub const BACKLOG_LIMIT: &str = "verimail_backlog_limit";
 pub const CLAIMS_TAKEN_OVER: &str = "verimail_claims_taken_over_total";
 /// Age of the oldest dispatch still waiting for its first claim.
 pub const OLDEST_QUEUED: &str = "verimail_oldest_queued_dispatch_age_seconds";
+/// Webhook events neither delivered nor given up (issue 24).
+pub const WEBHOOK_EVENTS_PENDING: &str = "verimail_webhook_events_pending";
+/// Webhook events an endpoint answered 2xx for.
+pub const WEBHOOK_DELIVERED: &str = "verimail_webhook_events_delivered_total";
+/// Failed delivery attempts, by `reason` (timeout, connect, http_5xx,
+/// http_status, gone, refused_address, unresolved, …).
+pub const WEBHOOK_FAILURES: &str = "verimail_webhook_delivery_failures_total";
+/// Webhook events given up, by `reason`: `expired` (retry window over) or
+/// `gone` (the endpoint answered 410 and was disabled).
+pub const WEBHOOK_ABANDONED: &str = "verimail_webhook_events_abandoned_total";
+/// From the state change that made an event to its 2xx.
+pub const WEBHOOK_DELIVERY_LAG: &str = "verimail_webhook_delivery_lag_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -70,6 +82,12 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(CLAIM_LAG.into()), LAG_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(WEBHOOK_DELIVERY_LAG.into()),
+                        LAG_BUCKETS,
+                    )
                 });
             match builder {
                 Ok(builder) => {

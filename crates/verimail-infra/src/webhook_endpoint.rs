@@ -18,11 +18,31 @@ pub async fn resolve_allowed(
     let addresses: Vec<SocketAddr> = match url.host() {
         Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
         Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-        _ => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| EndpointRefusal::Unresolved(host.to_owned()))?
-            .collect(),
+        _ => return resolve_host_allowed(host, port, allow_insecure).await,
     };
+    checked(host, addresses, allow_insecure)
+}
+
+/// The addresses a host name resolves to now, when none of them is refused:
+/// what a delivery's connection may go to (the HTTP client resolves through
+/// this, so no name re-pointed after the check reaches a refused address).
+pub async fn resolve_host_allowed(
+    host: &str,
+    port: u16,
+    allow_insecure: bool,
+) -> Result<Vec<SocketAddr>, EndpointRefusal> {
+    let addresses = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|_| EndpointRefusal::Unresolved(host.to_owned()))?
+        .collect();
+    checked(host, addresses, allow_insecure)
+}
+
+fn checked(
+    host: &str,
+    addresses: Vec<SocketAddr>,
+    allow_insecure: bool,
+) -> Result<Vec<SocketAddr>, EndpointRefusal> {
     if addresses.is_empty() {
         return Err(EndpointRefusal::Unresolved(host.to_owned()));
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sqlx::PgPool;
 use verimail_domain::Email;
-use verimail_infra::store::{dispatches, send_replays};
+use verimail_infra::store::{dispatches, send_replays, webhook_events};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Erased {
@@ -17,6 +17,8 @@ pub struct Erased {
     pub dispatches: BTreeMap<String, u64>,
     /// Remembered answers (`send_replays`) of those sends.
     pub replays: u64,
+    /// Webhook events (`webhook_events`) about those sends.
+    pub webhook_events: u64,
     /// `.eml` files that named the address.
     pub outbox_files: Vec<PathBuf>,
 }
@@ -37,10 +39,12 @@ pub async fn forget(pool: &PgPool, email: &Email, outbox: Option<&Path>) -> anyh
     dispatches::erase::lock_recipient(&mut tx, &recipient).await?;
     let (ids, by_partition) = dispatches::erase::delete_recipient(&mut tx, &recipient).await?;
     let replays = send_replays::delete_for_dispatches(&mut tx, &ids).await?;
+    let webhook_events = webhook_events::delete_for_dispatches(&mut tx, &ids).await?;
     tx.commit().await.context("committing the erasure")?;
     let mut erased = Erased {
         dispatches: by_partition,
         replays,
+        webhook_events,
         ..Erased::default()
     };
     if let Some(dir) = outbox {

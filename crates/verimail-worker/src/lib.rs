@@ -13,6 +13,7 @@ pub mod retry;
 pub mod senders;
 pub mod settings;
 pub mod sweeper;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub use settings::WorkerSettings;
 pub struct Worker {
     settings: Arc<WorkerSettings>,
     pool: PgPool,
+    keys: Keys,
     transport: Arc<mail::Transport>,
     publisher: Arc<Publisher>,
     processor: Arc<Processor>,
@@ -94,13 +96,14 @@ impl Worker {
         let settings = Arc::new(settings);
         let processor = Arc::new(Processor::new(
             pool.clone(),
-            keys,
+            keys.clone(),
             transport.clone(),
             settings.clone(),
         ));
         Ok(Self {
             settings,
             pool,
+            keys,
             transport,
             publisher,
             processor,
@@ -146,7 +149,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Sweeper, housekeeping and (unless its interval is zero) maintenance.
+    /// Sweeper, housekeeping, webhook delivery and (unless its interval is
+    /// zero) maintenance.
     fn spawn_background(&self, stopped: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let settings = &self.settings;
         let schedule = sweeper::Schedule {
@@ -166,6 +170,12 @@ impl Worker {
                 self.transport.clone(),
                 settings.sweep_interval,
                 settings.outbox_retention,
+                stopped.clone(),
+            )),
+            tokio::spawn(webhooks::run(
+                self.pool.clone(),
+                self.keys.clone(),
+                settings.webhooks.clone(),
                 stopped.clone(),
             )),
         ];
@@ -191,6 +201,10 @@ fn start_alerted_counters_at_zero() {
     use verimail_infra::metrics as m;
     metrics::counter!(m::CLAIMS_TAKEN_OVER).increment(0);
     metrics::counter!(m::DEAD_LETTERED).increment(0);
+    metrics::counter!(m::WEBHOOK_DELIVERED).increment(0);
+    for reason in ["expired", "gone"] {
+        metrics::counter!(m::WEBHOOK_ABANDONED, "reason" => reason).increment(0);
+    }
     for outcome in ["done", "busy", "failed"] {
         metrics::counter!(m::MAINTENANCE_RUNS, "outcome" => outcome).increment(0);
     }
@@ -248,6 +262,7 @@ mod tests {
             retention: second,
             maintenance_interval: Duration::ZERO,
             metrics_listen,
+            webhooks: webhooks::WebhookSettings::default(),
         }
     }
 

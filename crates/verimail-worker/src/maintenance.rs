@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use verimail_infra::metrics as m;
 use verimail_infra::store::dispatches::{self, partitions};
+use verimail_infra::store::webhook_events;
 
 /// Days of partitions kept ready after today's.
 pub const AHEAD_DAYS: i64 = 3;
@@ -59,6 +60,8 @@ pub struct Report {
     pub partitions: usize,
     /// Where the partitions covering "now" without a gap end.
     pub covered_until: OffsetDateTime,
+    /// Webhook events past the retention, deleted with the partitions.
+    pub webhook_events_deleted: u64,
 }
 
 #[derive(Debug)]
@@ -138,6 +141,8 @@ async fn steps(conn: &mut PgConnection, policy: Policy, now_ms: i64) -> anyhow::
         create_partition(conn, &name, lo, hi).await?;
         created.push(name);
     }
+    let webhook_events_deleted =
+        webhook_events::delete_created_before(conn, from_unix_ms(cutoff)?).await?;
     let partitions = attached(conn).await?;
     let covered_until = covered_until(&partitions, now_ms);
     metrics::gauge!(m::PARTITIONS_AHEAD).set((covered_until - now_ms) as f64 / 1000.0);
@@ -147,6 +152,7 @@ async fn steps(conn: &mut PgConnection, policy: Policy, now_ms: i64) -> anyhow::
         dropped,
         partitions: partitions.len(),
         covered_until: from_unix_ms(covered_until)?,
+        webhook_events_deleted,
     })
 }
 

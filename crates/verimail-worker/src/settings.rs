@@ -8,6 +8,7 @@ use verimail_domain::secrets::SecretUrl;
 
 use crate::mail::MailSettings;
 use crate::retry::RetryPolicy;
+use crate::webhooks::WebhookSettings;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -43,4 +44,6 @@ pub struct WorkerSettings {
     /// Where `/metrics` is served (port 0 picks a free port); `None`: not
     /// by the worker (`verimail all` serves the intake's only).
     pub metrics_listen: Option<SocketAddr>,
+    /// Delivery of the webhook outbox.
+    pub webhooks: WebhookSettings,
 }

@@ -5,6 +5,7 @@
 pub mod own_postgres;
 pub mod own_process;
 pub mod proxy;
+pub mod webhook_receiver;
 
 pub use own_process::run_in_own_process;
 
@@ -405,6 +406,15 @@ pub fn worker_settings(prefix: &str, smtp_url: Option<String>) -> verimail_worke
         retention: Duration::from_secs(72 * 3600),
         maintenance_interval: Duration::ZERO,
         metrics_listen: None,
+        webhooks: verimail_worker::webhooks::WebhookSettings {
+            schedule: verimail_domain::webhook::DeliverySchedule::new(vec![
+                Duration::from_millis(300),
+                Duration::from_millis(600),
+            ])
+            .unwrap(),
+            timeout: Duration::from_secs(2),
+            allow_insecure: true,
+        },
     }
 }
 

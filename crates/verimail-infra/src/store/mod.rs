@@ -15,4 +15,5 @@ pub mod partners;
 pub mod revocations;
 pub mod send_replays;
 pub mod tokens;
+pub mod webhook_events;
 pub mod webhooks;
