@@ -3,7 +3,8 @@
 //! library accepts it; a failing endpoint gets every event once it recovers,
 //! the same body under the same id on every retry; a worker killed
 //! mid-delivery loses no event; `410 Gone` disables the endpoint and mail
-//! still flows.
+//! still flows. The signatures are checked by the official Standard Webhooks
+//! packages of PyPI and npm.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use verimail_infra::store::webhooks;
 use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
 
 use crate::support::webhook_receiver::{
-    Answer, Delivery, Receiver, reference_verdicts, webhook_python,
+    Answer, Delivery, Receiver, npm_verdicts, reference_verdicts, webhook_node, webhook_python,
 };
 use crate::support::*;
 
@@ -190,13 +191,21 @@ async fn every_event_of_a_dispatch_life_arrives_signed_for_the_standard_webhooks
         assert!(delivery.id.starts_with("msg_"), "{}", delivery.id);
     }
 
+    // Both official libraries accept every delivery, and refuse one under
+    // another secret.
+    let signed: Vec<_> = deliveries.iter().map(Delivery::signed).collect();
+    let stranger = WebhookSecret::generate();
     if let Some(python) = webhook_python() {
-        let signed: Vec<_> = deliveries.iter().map(Delivery::signed).collect();
         let verdicts = reference_verdicts(&python, &secret.expose(), &signed);
         assert!(verdicts.iter().all(|ok| *ok), "{verdicts:?}");
-        let stranger = WebhookSecret::generate();
         let verdicts = reference_verdicts(&python, &stranger.expose(), &signed[..1]);
         assert_eq!(verdicts, [false]);
+    }
+    if let Some(node) = webhook_node() {
+        let verdicts = npm_verdicts(&node, &secret.expose(), &signed);
+        assert!(verdicts.iter().all(|ok| *ok), "npm: {verdicts:?}");
+        let verdicts = npm_verdicts(&node, &stranger.expose(), &signed[..1]);
+        assert_eq!(verdicts, [false], "npm");
     }
     worker.stop().await.unwrap();
     stack.broker.cleanup().await;

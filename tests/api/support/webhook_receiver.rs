@@ -172,18 +172,56 @@ pub fn webhook_python() -> Option<String> {
     }
 }
 
-/// The official library's verdict on each delivery (body, headers).
+/// `node` with the `standardwebhooks` npm package installed in
+/// `tests/webhooks/npm` (`npm ci` there); `.ci/run` sets `VERIMAIL_WEBHOOK_NODE`.
+pub fn webhook_node() -> Option<String> {
+    match std::env::var("VERIMAIL_WEBHOOK_NODE") {
+        Ok(node) => Some(node),
+        Err(_) if std::env::var("CI").is_ok() => {
+            panic!("CI must set VERIMAIL_WEBHOOK_NODE (see .ci/run)")
+        }
+        Err(_) => {
+            eprintln!(
+                "SKIPPED: set VERIMAIL_WEBHOOK_NODE to node, after `npm ci` in tests/webhooks/npm"
+            );
+            None
+        }
+    }
+}
+
+/// The official Python library's verdict on each delivery (body, headers).
 pub fn reference_verdicts(python: &str, secret: &str, deliveries: &[(String, Value)]) -> Vec<bool> {
+    verdicts(
+        python,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhooks/verify.py"),
+        secret,
+        deliveries,
+    )
+}
+
+/// The official npm package's verdict on each delivery (body, headers).
+pub fn npm_verdicts(node: &str, secret: &str, deliveries: &[(String, Value)]) -> Vec<bool> {
+    verdicts(
+        node,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhooks/npm/verify.mjs"),
+        secret,
+        deliveries,
+    )
+}
+
+fn verdicts(
+    program: &str,
+    script: &str,
+    secret: &str,
+    deliveries: &[(String, Value)],
+) -> Vec<bool> {
     use std::io::Write as _;
     let deliveries: Vec<Value> = deliveries
         .iter()
         .map(|(body, headers)| json!({"body": body, "headers": headers}))
         .collect();
-    let mut child = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/webhooks/verify.py"
-        ))
+    let mut child = Command::new(program)
+        .arg(script)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -199,7 +237,7 @@ pub fn reference_verdicts(python: &str, secret: &str, deliveries: &[(String, Val
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "verify.py: {}",
+        "{script}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
