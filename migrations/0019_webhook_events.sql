@@ -27,7 +27,11 @@ CREATE TABLE webhook_events (
     last_error      text CHECK (length(last_error) <= 500)
 );
 
-CREATE INDEX webhook_events_due ON webhook_events (next_attempt_at)
+-- Claims walk the partners with undelivered events (a skip scan: one probe
+-- per partner) and take each one's due events in time order, so a partner
+-- whose dead endpoint holds a million events costs a claim one probe, not
+-- a scan past all of them.
+CREATE INDEX webhook_events_due ON webhook_events (partner_id, next_attempt_at)
     WHERE delivered_at IS NULL AND abandoned_at IS NULL;
 -- `verimail forget` removes a recipient's events with its dispatches.
 CREATE INDEX webhook_events_dispatch ON webhook_events (dispatch_id);

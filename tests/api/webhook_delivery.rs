@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use verimail_domain::webhook::WebhookSecret;
 use verimail_infra::store::webhooks;
+use verimail_intake::accounts::AccountKind;
 use verimail_testkit::smtp_sink::{Behaviour, SmtpSink};
 
 use crate::support::webhook_receiver::{
@@ -366,5 +367,58 @@ async fn a_worker_killed_mid_delivery_loses_no_event() {
         ["dispatch.sent"]
     );
     worker.stop().await.unwrap();
+    stack.broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_does_not_delay_another_partners_events() {
+    let stack = Stack::start().await;
+    let sink = SmtpSink::start().await;
+    let dead = Receiver::start().await;
+    dead.set_default(Answer::Hang);
+    set_endpoint(&stack, &dead).await;
+    let other = partner(&stack.db.pool, AccountKind::Partner, false).await;
+    let alive = Receiver::start().await;
+    let secret = WebhookSecret::generate();
+    let sealed = test_keys().seal_webhook_secret(other.id, &secret);
+    webhooks::set(&stack.db.pool, other.id, &alive.url(), &sealed)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut settings = worker_settings(&stack.prefix, Some(sink.url()));
+    // Long enough that a slot a dead delivery holds is visibly held.
+    settings.webhooks.timeout = Duration::from_secs(15);
+    let worker = TestWorker::spawn(settings, &stack.db.url).await;
+
+    // More events for the dead endpoint than a worker has slots in all.
+    for i in 0..80 {
+        send(&stack, &format!("dead{i}@example.com")).await;
+    }
+    dead.wait_until("the dead endpoint's share in flight", WAIT, |d| {
+        d.len() >= 4
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    for i in 0..3 {
+        let reply = stack
+            .intake
+            .send(&other.token, &valid_body(&format!("alive{i}@example.com")))
+            .await;
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+    alive
+        .wait_until("the other partner's events", Duration::from_secs(8), |d| {
+            distinct_delivered(d) >= 3
+        })
+        .await;
+    let took = started.elapsed();
+    let held = dead.deliveries().len();
+    assert!(
+        held <= verimail_worker::webhooks::PER_ENDPOINT,
+        "at most {} deliveries in flight to one endpoint, saw {held}",
+        verimail_worker::webhooks::PER_ENDPOINT
+    );
+    eprintln!("the other partner's 3 events arrived {took:?} after their sends");
+    worker.kill();
     stack.broker.cleanup().await;
 }

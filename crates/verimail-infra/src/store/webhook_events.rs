@@ -30,6 +30,11 @@ pub struct ClaimedEvent {
 /// partner and none of the partners in `busy` (their endpoints already have
 /// deliveries in flight here). A claim moves the event's next attempt past
 /// `lease`: if this worker dies mid-delivery, the event is due again then.
+///
+/// The partners with undelivered events are found by a skip scan of
+/// `webhook_events_due` (one index probe each), and each one's due events
+/// by another: the cost follows the number of partners, never the backlog
+/// of one partner's dead endpoint.
 pub async fn claim(
     pool: &PgPool,
     limit: i64,
@@ -39,26 +44,34 @@ pub async fn claim(
 ) -> anyhow::Result<Vec<ClaimedEvent>> {
     sqlx::query_as!(
         ClaimedEvent,
-        r#"WITH due AS (
-               SELECT id, partner_id, next_attempt_at FROM webhook_events
-                WHERE delivered_at IS NULL AND abandoned_at IS NULL
-                  AND next_attempt_at <= now()
-                  AND NOT (partner_id = ANY($3))
-                ORDER BY next_attempt_at
+        r#"WITH RECURSIVE waiting(partner_id) AS (
+               (SELECT partner_id FROM webhook_events
+                 WHERE delivered_at IS NULL AND abandoned_at IS NULL
+                 ORDER BY partner_id LIMIT 1)
+               UNION ALL
+               SELECT (SELECT e.partner_id FROM webhook_events e
+                        WHERE e.delivered_at IS NULL AND e.abandoned_at IS NULL
+                          AND e.partner_id > w.partner_id
+                        ORDER BY e.partner_id LIMIT 1)
+                 FROM waiting w WHERE w.partner_id IS NOT NULL
+           ), due AS (
+               SELECT d.id FROM waiting w
+               CROSS JOIN LATERAL (
+                   SELECT e.id FROM webhook_events e
+                    WHERE e.partner_id = w.partner_id
+                      AND e.delivered_at IS NULL AND e.abandoned_at IS NULL
+                      AND e.next_attempt_at <= now()
+                    ORDER BY e.next_attempt_at
+                    LIMIT $2
+                      FOR UPDATE SKIP LOCKED) d
+                WHERE w.partner_id IS NOT NULL AND NOT (w.partner_id = ANY($3))
                 LIMIT $1
-                  FOR UPDATE SKIP LOCKED
-           ), fair AS (
-               SELECT id FROM (
-                   SELECT id, row_number() OVER (PARTITION BY partner_id
-                                                 ORDER BY next_attempt_at) AS n
-                     FROM due) ranked
-                WHERE n <= $2
            )
            UPDATE webhook_events e
               SET attempts = e.attempts + 1,
                   next_attempt_at = now() + make_interval(secs => $4)
              FROM partner_webhooks w
-            WHERE e.id IN (SELECT id FROM fair) AND w.partner_id = e.partner_id
+            WHERE e.id IN (SELECT id FROM due) AND w.partner_id = e.partner_id
            RETURNING e.id AS "id!", e.partner_id AS "partner_id!", e.type AS "kind!",
                      e.body AS "body!", e.attempts AS "attempt!", e.created_at AS "created_at!",
                      w.url AS "url!", w.secret_sealed AS "secret_sealed!",
