@@ -308,6 +308,37 @@ async fn a_failing_endpoint_gets_every_event_once_it_recovers_and_410_disables_i
     assert_eq!(events_after, 0, "a disabled endpoint gets no events");
     assert_eq!(sink.messages().len(), 4, "every mail went out");
     worker.stop().await.unwrap();
+
+    // Events go with their dispatches: `forget` takes an address's, and
+    // maintenance those past the retention.
+    let events = |id: Uuid| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM webhook_events WHERE dispatch_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+    };
+    assert_eq!(events(first).await.unwrap(), 1);
+    let email = verimail_domain::Email::parse("one@example.com").unwrap();
+    let erased = verimail_worker::erasure::forget(pool, &email, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (erased.webhook_events, events(first).await.unwrap()),
+        (1, 0)
+    );
+    let retention = Duration::from_secs(72 * 3600);
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(4);
+    let policy = verimail_worker::maintenance::Policy { retention };
+    let outcome = verimail_worker::maintenance::maintain(pool, policy, WAIT, Some(later))
+        .await
+        .unwrap();
+    let verimail_worker::maintenance::Outcome::Done(report) = outcome else {
+        panic!("maintenance was busy");
+    };
+    assert_eq!(report.webhook_events_deleted, 2, "second's and gone's");
+    assert_eq!(
+        stack.db.count("SELECT count(*) FROM webhook_events").await,
+        0
+    );
     stack.broker.cleanup().await;
 }
 
