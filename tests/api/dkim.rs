@@ -86,33 +86,15 @@ pub(crate) fn dkim_python() -> Option<String> {
 
 /// dkimpy's verdict on each message, its DNS answered from `records` only.
 pub(crate) fn dkimpy(python: &str, records: &[(String, String)], messages: &[String]) -> Vec<bool> {
-    use std::io::Write as _;
     let records: serde_json::Map<String, Value> = records
         .iter()
         .map(|(name, value)| (name.clone(), json!(value)))
         .collect();
-    let mut child = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dkim/verify.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let request = json!({"records": records, "messages": messages}).to_string();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "verify.py failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let answer = run_json_script(
+        python,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dkim/verify.py"),
+        &json!({"records": records, "messages": messages}),
     );
-    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
     answer["verified"]
         .as_array()
         .unwrap()

@@ -29,12 +29,9 @@ const ACQUIRE: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(2);
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A port nobody listens on: one free at the time of asking.
 fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
 }
 
 /// `host:port` of the shared Postgres.

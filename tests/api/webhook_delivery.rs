@@ -28,9 +28,13 @@ const CHECK_PATH: &str = "/v2/bases/verificationcode/check";
 
 /// Gives the stack's partner an endpoint at `receiver`; answers its secret.
 async fn set_endpoint(stack: &Stack, receiver: &Receiver) -> WebhookSecret {
+    set_endpoint_of(&stack.db.pool, stack.partner.id, receiver).await
+}
+
+async fn set_endpoint_of(pool: &sqlx::PgPool, partner: Uuid, receiver: &Receiver) -> WebhookSecret {
     let secret = WebhookSecret::generate();
-    let sealed = test_keys().seal_webhook_secret(stack.partner.id, &secret);
-    webhooks::set(&stack.db.pool, stack.partner.id, &receiver.url(), &sealed)
+    let sealed = test_keys().seal_webhook_secret(partner, &secret);
+    webhooks::set(pool, partner, &receiver.url(), &sealed)
         .await
         .unwrap()
         .unwrap();
@@ -410,12 +414,7 @@ async fn a_dead_endpoint_does_not_delay_another_partners_events() {
     set_endpoint(&stack, &dead).await;
     let other = partner(&stack.db.pool, AccountKind::Partner, false).await;
     let alive = Receiver::start().await;
-    let secret = WebhookSecret::generate();
-    let sealed = test_keys().seal_webhook_secret(other.id, &secret);
-    webhooks::set(&stack.db.pool, other.id, &alive.url(), &sealed)
-        .await
-        .unwrap()
-        .unwrap();
+    set_endpoint_of(&stack.db.pool, other.id, &alive).await;
     let mut settings = worker_settings(&stack.prefix, Some(sink.url()));
     // Long enough that a slot a dead delivery holds is visibly held.
     settings.webhooks.timeout = Duration::from_secs(15);

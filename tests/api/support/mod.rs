@@ -153,6 +153,33 @@ pub async fn assert_open_means_sealed(pool: &PgPool) {
     );
 }
 
+/// Runs an independent verifier script: `request` as JSON on its stdin, its
+/// stdout read back as JSON; fails the test, with its stderr, if it fails.
+pub fn run_json_script(program: &str, script: &str, request: &Value) -> Value {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(program)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 /// A loopback port free at the time of asking, for a process to listen on.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

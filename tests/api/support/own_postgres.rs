@@ -61,13 +61,7 @@ fn run(bin: &Path, tool: &str, args: &[&str]) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::free_port;
 
 impl OwnPostgres {
     /// A fresh server; in recovery (a standby with nowhere to follow, which

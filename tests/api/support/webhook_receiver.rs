@@ -3,7 +3,6 @@
 //! and the official Standard Webhooks library's verdict on what it got.
 
 use std::collections::VecDeque;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -215,30 +214,14 @@ fn verdicts(
     secret: &str,
     deliveries: &[(String, Value)],
 ) -> Vec<bool> {
-    use std::io::Write as _;
     let deliveries: Vec<Value> = deliveries
         .iter()
         .map(|(body, headers)| json!({"body": body, "headers": headers}))
         .collect();
-    let mut child = Command::new(program)
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let request = json!({"secret": secret, "deliveries": deliveries}).to_string();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let answer = super::run_json_script(
+        program,
+        script,
+        &json!({"secret": secret, "deliveries": deliveries}),
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_value(answer).unwrap()
 }
